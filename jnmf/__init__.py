@@ -1,8 +1,34 @@
 """jnmf: label-guided non-negative matrix factorization in JAX."""
 
+from . import datasets
+from ._data import DenseData, SparseData
+from ._features import (
+    apply_l1_l2,
+    gram,
+    proj_adv_gram,
+    removal_gram_rhs,
+    scale_rows,
+    target_augment,
+    target_gram,
+)
+from ._model import NMFModel, evaluate
+from ._nnls import cholesky_clip, nnls_cd, nnls_step
 from ._rrng import RRandom, r_runif, r_runif_matrix
+from ._solve import Config, Hyper, Problem, nmf, prepare, solve
 
 # --- assess (issue 4) ---
 # --- guidance (issue 3) ---
+from ._targets import class_target, compute_target, label_codes, oas_zca_refine, oas_zca_whitener, refine
 
-__all__ = ["RRandom", "r_runif", "r_runif_matrix"]
+__all__ = [
+    "RRandom",
+    "r_runif",
+    "r_runif_matrix",
+    # guidance (issue 3)
+    "class_target",
+    "compute_target",
+    "label_codes",
+    "oas_zca_refine",
+    "oas_zca_whitener",
+    "refine",
+]

@@ -1,0 +1,407 @@
+"""The one iteration driver: ``prepare`` validates and builds a ``Problem``; ``solve`` runs it under jit.
+
+Functional use (what ``nmf`` does, and what grids are built from)::
+
+    problem = jnmf.prepare(A, 8, seed=42, target_H=T, target_lambda=0.1)   # validated, outside jit
+    model = jnmf.solve(problem)                                             # jit-compiled
+    models = jax.vmap(lambda lam: jnmf.solve(problem, target_lambda=lam))(lams)   # one compile, batched
+
+A ``Problem`` is a pytree: the data, the hyperparameters (``Hyper``: tol, L1, L2, upper bounds, target lambdas
+and targets, all arrays) and the initial W are leaves; the structural choices (``Config``: k, maxit, solver,
+norm, sort, nonneg, which targets exist, the removal mode, the loop kind) are static. A new lambda, L1, L2,
+tol or initial W therefore reuses the compiled program.
+
+One outer iteration follows RcppML 1.0.0 (reference §4): H update from the unit-scaled W (the raw initial W at
+iteration 0), then the W update from the unit-scaled H, each as NNLS on ``G = F F' + 1e-15 I`` and
+``B = F A`` modified by L2, L1 and the target, then diagonal scaling; the model's d comes from the W update.
+Convergence: relative change of the total squared error below ``tol`` on 5 consecutive iterations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+from jax import lax
+
+from . import _validate as V
+from ._data import DenseData, SparseData, prepare_data, squared_norm
+from ._features import apply_l1_l2, apply_target, gram, scale_rows, target_gram
+from ._model import NMFModel
+from ._nnls import cholesky_clip, nnls_cd
+from ._rrng import r_runif_matrix
+
+_HIGHEST = lax.Precision.HIGHEST
+SOLVERS = ("auto", "cholesky", "cd")
+NORMS = ("L1", "L2", "none")
+REMOVALS = ("proj_adv", "penalty")
+LOOPS = ("while", "scan")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static structure of a fit; changing any field compiles a new program."""
+
+    k: int
+    maxit: int = 100
+    solver: str = "cholesky"
+    norm: str = "L1"
+    sort: bool = True
+    nonneg: tuple[bool, bool] = (True, True)
+    cd_maxit: int = 100
+    target_H: bool = False
+    target_W: bool = False
+    removal: str = "proj_adv"
+    patience: int = 5
+    loop: str = "while"
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+    """Array hyperparameters; per-factor pairs are ordered (W, H) as in RcppML."""
+
+    tol: jax.Array
+    L1: jax.Array
+    L2: jax.Array
+    upper_bound: jax.Array
+    cd_tol: jax.Array
+    target_lambda: jax.Array
+    target_H: jax.Array | None = None
+    target_W: jax.Array | None = None  # stored transposed, (k, m), to compare with W' as the solver sees it
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Everything a fit needs; a pytree whose leaves are arrays and whose ``config`` is static."""
+
+    data: DenseData | SparseData
+    hyper: Hyper
+    w_init: jax.Array
+    sq_norm: jax.Array
+    config: Config = dataclasses.field(metadata=dict(static=True))
+
+    def replace(self, **changes: Any) -> Problem:
+        return dataclasses.replace(self, **changes)
+
+
+class State(NamedTuple):
+    W: jax.Array  # (k, m): unit-scaled W' (the raw initial W' before the first iteration)
+    H: jax.Array  # (k, n): unit-scaled H
+    d: jax.Array  # (k,)
+    loss: jax.Array
+    rel: jax.Array
+    patience: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    history: jax.Array  # (maxit,)
+
+
+def _solve_factor(G, B, X_prev, warm, nonneg, config, hyper):
+    if config.solver == "cholesky":
+        return cholesky_clip(G, B, nonneg=nonneg)
+    X0 = jnp.where(warm, X_prev, jnp.zeros_like(X_prev))
+    return nnls_cd(G, B, X0, nonneg=nonneg, cd_maxit=config.cd_maxit, cd_tol=hyper.cd_tol)
+
+
+def _update(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target):
+    """One factor update: solve for X (k, p) given the other factor F (k, q) and ``rhs = F A`` or ``H A'``."""
+    G = gram(F)
+    G0, B0 = G, rhs
+    G, B = apply_l1_l2(G, rhs, hyper.L1[side], hyper.L2[side])
+    if has_target:
+        G, B = apply_target(G, B, T, G_T, hyper.target_lambda[side], config.removal)
+    X = _solve_factor(G, B, X_prev, warm, config.nonneg[side], config, hyper)
+    ub = hyper.upper_bound[side]
+    X = jnp.where(ub > 0, jnp.minimum(X, ub), X)
+    d, X = scale_rows(X, config.norm)
+    return d, X, G0, B0
+
+
+def step(problem: Problem, state: State, G_TH=None, G_TW=None) -> State:
+    """One outer iteration (H update, W update, loss, convergence bookkeeping)."""
+    config, hyper, data = problem.config, problem.hyper, problem.data
+    warm = state.n_iter > 0
+    # H side (index 1): RcppML applies the target to the H it solves for, which is diag(d_H) H (W unit-scaled).
+    _, H, _, _ = _update(state.W, state.H, data.left(state.W), 1, warm, config, hyper,
+                         hyper.target_H, G_TH, config.target_H)
+    d, W, G_w, B_w = _update(H, state.W, data.right(H), 0, warm, config, hyper,
+                             hyper.target_W, G_TW, config.target_W)
+    # Total SSE by the Gram identity, with the pre-penalty G and B of the W update (RcppML §4).
+    dW = d[:, None] * W
+    cross = jnp.sum(dW * B_w)
+    fit = jnp.sum(jnp.dot(dW, dW.T, precision=_HIGHEST) * G_w)
+    loss = problem.sq_norm - 2 * cross + fit
+    rel = jnp.abs(state.loss - loss) / (jnp.abs(state.loss) + 1e-15)
+    checked = state.n_iter >= 1
+    rel = jnp.where(checked, rel, jnp.asarray(jnp.inf, loss.dtype))
+    patience = jnp.where(checked & (rel < hyper.tol), state.patience + 1, jnp.zeros_like(state.patience))
+    history = state.history.at[state.n_iter].set(loss)
+    return State(W, H, d, loss, rel, patience, state.n_iter + 1, patience >= config.patience, history)
+
+
+def _running(state: State, maxit: int) -> jax.Array:
+    return (state.n_iter < maxit) & ~state.converged & jnp.isfinite(state.loss)
+
+
+def solve(problem: Problem, *, target_lambda: Any = None, L1: Any = None, L2: Any = None, tol: Any = None,
+          w_init: Any = None) -> NMFModel:
+    """Run a prepared fit; keyword overrides replace array hyperparameters (they may be traced, e.g. vmapped).
+
+    ``target_lambda`` as a scalar applies to every target present; as a (W, H) pair it sets each side.
+    Returns an ``NMFModel``; jit-compiled once per ``Config`` and array shapes.
+    """
+    hyper = problem.hyper
+    changes = {}
+    if target_lambda is not None:
+        changes["target_lambda"] = _lambda_pair(target_lambda, problem.config, hyper.target_lambda.dtype)
+    for name, value in (("L1", L1), ("L2", L2)):
+        if value is not None:
+            changes[name] = jnp.broadcast_to(jnp.asarray(value, hyper.L1.dtype), (2,))
+    if tol is not None:
+        changes["tol"] = jnp.asarray(tol, hyper.tol.dtype)
+    if changes:
+        problem = problem.replace(hyper=dataclasses.replace(hyper, **changes))
+    if w_init is not None:
+        problem = problem.replace(w_init=jnp.asarray(w_init, problem.w_init.dtype))
+    return _solve_jit(problem)
+
+
+def _lambda_pair(lam: Any, config: Config, dtype: Any) -> jax.Array:
+    lam = jnp.asarray(lam, dtype)
+    if lam.ndim == 0:
+        return jnp.stack([lam if config.target_W else jnp.zeros_like(lam), lam if config.target_H else jnp.zeros_like(lam)])
+    return jnp.broadcast_to(lam, (2,))
+
+
+@jax.jit
+def _solve_jit(problem: Problem) -> NMFModel:
+    config, hyper = problem.config, problem.hyper
+    dtype = problem.w_init.dtype
+    m, n = problem.data.shape
+    k = config.k
+    G_TH = target_gram(hyper.target_H) if config.target_H else None
+    G_TW = target_gram(hyper.target_W) if config.target_W else None
+    state = State(
+        W=problem.w_init.T,
+        H=jnp.zeros((k, n), dtype),
+        d=jnp.ones((k,), dtype),
+        loss=jnp.zeros((), dtype),
+        rel=jnp.asarray(jnp.inf, dtype),
+        patience=jnp.zeros((), jnp.int32),
+        n_iter=jnp.zeros((), jnp.int32),
+        converged=jnp.zeros((), bool),
+        history=jnp.full((config.maxit,), jnp.nan, dtype),
+    )
+    if config.loop == "while":
+        state = lax.while_loop(lambda s: _running(s, config.maxit), lambda s: step(problem, s, G_TH, G_TW), state)
+    else:
+        # Fixed-length scan: reverse-mode differentiable; finished iterations are masked no-ops.
+        def body(s, _):
+            new = step(problem, s, G_TH, G_TW)
+            keep = _running(s, config.maxit)
+            return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, s), None
+
+        state, _ = lax.scan(body, state, None, length=config.maxit)
+    W, d, H = state.W, state.d, state.H
+    if config.sort:
+        order = jnp.argsort(-d, stable=True)
+        W, d, H = W[order], d[order], H[order]
+    return NMFModel(w=W.T, d=d, h=H, iter=state.n_iter, loss=state.loss, loss_history=state.history,
+                    converged=state.converged, tol=state.rel, w_init=problem.w_init)
+
+
+def _default_dtype() -> Any:
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+def initial_w(seed: Any, m: int, k: int, dtype: Any) -> jax.Array:
+    """The initial W (m, k): R's ``set.seed(seed); runif(m*k)`` for an int, ``jax.random.uniform`` for a key,
+    or an explicit matrix. ``None`` draws a fresh R-style seed from numpy's entropy (recorded in ``w_init``)."""
+    if seed is None:
+        seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError("seed must be an integer, a jax.random key or an (m, k) matrix, got a bool")
+    if isinstance(seed, (int, np.integer)):
+        return jnp.asarray(r_runif_matrix(int(seed), m, k), dtype)
+    if isinstance(seed, jax.Array) and jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key):
+        return jax.random.uniform(seed, (m, k), dtype)
+    arr = np.asarray(seed)
+    if arr.ndim == 1 and arr.shape == (2,) and arr.dtype == np.uint32:  # legacy raw PRNGKey
+        return jax.random.uniform(jnp.asarray(arr), (m, k), dtype)
+    return jnp.asarray(V.check_matrix(arr, "seed (initial W)", (m, k), nonneg=True), dtype)
+
+
+def prepare(
+    A: Any,
+    k: int,
+    *,
+    tol: float = 1e-4,
+    maxit: int = 100,
+    seed: Any = None,
+    w_init: Any = None,
+    L1: Any = 0.0,
+    L2: Any = 0.0,
+    nonneg: Any = True,
+    upper_bound: Any = 0.0,
+    solver: str = "auto",
+    norm: str = "L1",
+    sort: bool = True,
+    target_H: Any = None,
+    target_W: Any = None,
+    target_lambda: Any = 0.0,
+    removal: str = "proj_adv",
+    cd_maxit: int = 100,
+    cd_tol: float = 1e-8,
+    layout: str = "auto",
+    loop: str = "while",
+    dtype: Any = None,
+) -> Problem:
+    """Validate the arguments of ``nmf`` (same meaning) and build a ``Problem`` for ``solve``."""
+    A = V.check_data(A)
+    m, n = A.shape
+    k = V.check_rank(k, m, n)
+    maxit = V.check_int(maxit, "maxit", 1)
+    cd_maxit = V.check_int(cd_maxit, "cd_maxit", 1)
+    tol = V.check_real(tol, "tol", low=0.0)
+    cd_tol = V.check_real(cd_tol, "cd_tol", low=0.0)
+    L1 = V.check_pair(L1, "L1", low=0.0, high=1.0, high_open=True)
+    L2 = V.check_pair(L2, "L2", low=0.0)
+    upper_bound = V.check_pair(upper_bound, "upper_bound", low=0.0)
+    nonneg = V.check_bool_pair(nonneg, "nonneg")
+    V.check_choice(solver, "solver", SOLVERS)
+    V.check_choice(norm, "norm", NORMS)
+    V.check_choice(removal, "removal", REMOVALS)
+    V.check_choice(loop, "loop", LOOPS)
+    V.check_choice(layout, "layout", ("auto", "dense", "sparse"))
+    if not isinstance(sort, (bool, np.bool_)):
+        raise TypeError(f"sort must be a bool, got {sort!r}")
+    dtype = jnp.dtype(_default_dtype() if dtype is None else dtype)
+    if dtype not in (jnp.float32, jnp.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("dtype=float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))")
+
+    TH = None if target_H is None else V.check_matrix(target_H, "target_H", (k, n))
+    TW = None if target_W is None else V.check_matrix(target_W, "target_W", (m, k))
+    lam = V.check_pair(target_lambda, "target_lambda")
+    if np.ndim(target_lambda) == 0:  # a scalar applies to every target given (H only, as RcppML, if just target_H)
+        lam = (lam[0] if TW is not None else 0.0, lam[1] if TH is not None else 0.0)
+    for side, T, name in ((0, TW, "target_W"), (1, TH, "target_H")):
+        if T is None and lam[side] != 0:
+            raise ValueError(f"target_lambda for the {'W' if side == 0 else 'H'} side is {lam[side]} "
+                             f"but {name} is None; give {name} or set that lambda to 0")
+
+    if solver == "auto":  # RcppML's rule: Cholesky-then-clip only when it is cheap and no L1 is asked for
+        solver = "cholesky" if k < 32 and L1 == (0.0, 0.0) else "cd"
+    if solver == "cholesky" and L1 != (0.0, 0.0):
+        raise ValueError("solver='cholesky' does not support L1 (it needs an exact NNLS); use solver='cd'")
+
+    if w_init is not None and seed is not None:
+        raise ValueError("give either seed or w_init, not both")
+    W0 = initial_w(seed if w_init is None else w_init, m, k, dtype)
+    if seed is not None and not isinstance(seed, (int, np.integer)) and np.ndim(seed) == 2:
+        pass  # explicit matrix already validated by initial_w
+    config = Config(k=k, maxit=maxit, solver=solver, norm=norm, sort=bool(sort), nonneg=nonneg, cd_maxit=cd_maxit,
+                    target_H=TH is not None, target_W=TW is not None, removal=removal, loop=loop)
+    hyper = Hyper(
+        tol=jnp.asarray(tol, dtype),
+        L1=jnp.asarray(L1, dtype),
+        L2=jnp.asarray(L2, dtype),
+        upper_bound=jnp.asarray(upper_bound, dtype),
+        cd_tol=jnp.asarray(cd_tol, dtype),
+        target_lambda=jnp.asarray(lam, dtype),
+        target_H=None if TH is None else jnp.asarray(TH, dtype),
+        target_W=None if TW is None else jnp.asarray(TW.T, dtype),
+    )
+    data = prepare_data(A, dtype, layout)
+    return Problem(data=data, hyper=hyper, w_init=W0, sq_norm=jnp.asarray(squared_norm(A), dtype), config=config)
+
+
+def nmf(
+    A: Any,
+    k: int,
+    *,
+    tol: float = 1e-4,
+    maxit: int = 100,
+    seed: Any = None,
+    L1: Any = 0.0,
+    L2: Any = 0.0,
+    nonneg: Any = True,
+    solver: str = "auto",
+    norm: str = "L1",
+    sort: bool = True,
+    upper_bound: Any = 0.0,
+    target_H: Any = None,
+    target_W: Any = None,
+    target_lambda: Any = 0.0,
+    removal: str = "proj_adv",
+    w_init: Any = None,
+    cd_maxit: int = 100,
+    cd_tol: float = 1e-8,
+    layout: str = "auto",
+    loop: str = "while",
+    dtype: Any = None,
+) -> NMFModel:
+    """Non-negative matrix factorization ``A ≈ w diag(d) h`` by alternating NNLS, as RcppML 1.0.0's ``nmf()``.
+
+    Minimises ``|A - W H|_F^2`` (+ penalties) over W (m, k) >= 0 and H (k, n) >= 0 for A (m, n): features in
+    rows, samples in columns. Returns an ``NMFModel`` with unit-scaled ``w`` columns and ``h`` rows (``norm``)
+    and the scales ``d``, sorted by d descending (``sort``).
+
+    Args:
+        A: (m, n) non-negative data: numpy, jax or scipy.sparse. ``layout="auto"`` keeps dense input dense and
+            densifies sparse input only when it has >= 5% non-zeros and fits in 4 GiB; otherwise the sparse path
+            runs in O(nnz k) memory and time per product, never forming the dense matrix.
+        k: rank, ``1 <= k <= min(m, n)``.
+        tol, maxit: stop when the relative change of the total squared error stays below ``tol`` for 5
+            consecutive iterations (RcppML's rule), or after ``maxit`` iterations.
+        seed: an int reproduces RcppML exactly (R's ``set.seed(seed); runif(m*k)``, column-major); a
+            ``jax.random`` key draws W with JAX; an (m, k) matrix is used as the initial W. ``None``: a fresh seed.
+        L1, L2: lasso (``B - L1``, 0 <= L1 < 1) and ridge (``G + L2 I``) per factor; a scalar or a (W, H) pair.
+        nonneg: non-negativity per factor (scalar or (W, H)).
+        solver: ``"cholesky"`` (solve then clip at 0: RcppML's default when k < 32 and L1 = 0; not exact NNLS),
+            ``"cd"`` (sequential coordinate descent, exact NNLS) or ``"auto"`` (RcppML's rule).
+        norm: diagonal scaling of each factor after its update: ``"L1"``, ``"L2"`` or ``"none"``.
+        upper_bound: clamp of the raw factor after the solve (0 = off), per factor.
+        target_H: (k, n) target for the H update: ``lam > 0`` adds ``lam/2 |h_j - t_j|^2`` (``G + lam I``,
+            ``B + lam T``); T is compared with the un-normalised H (``diag(d) h`` with unit-sum W columns).
+        target_W: (m, k) target for the W update, the same maths on W' (RcppML declares it but never wires it).
+        target_lambda: scalar (applies to each target given) or a (W, H) pair. A negative value removes the
+            target's information: ``removal="proj_adv"`` is RcppML's PROJ_ADV (``G - |lam| a G_T``, faithful and
+            non-convergent), ``removal="penalty"`` adds curvature instead (``G + |lam| a G_T``) and converges.
+        w_init: explicit initial W (m, k), alternative to ``seed``.
+        cd_maxit, cd_tol: inner coordinate-descent limits.
+        loop: ``"while"`` stops at convergence (iterations after it cost nothing); ``"scan"`` runs ``maxit``
+            masked steps, which reverse-mode autodiff can go through.
+        dtype: float32 by default (like RcppML); float64 when jax x64 is enabled.
+
+    Deviations from RcppML (reference §18): ‖A‖² is summed exactly in float64 (RcppML's float32 sum is biased by
+    ~5e-5 relative); the sort by d is stable; the sparse fused-CD iteration-0 quirk is not reproduced (x starts
+    at 0); targets are validated; the W target works.
+    """
+    problem = prepare(A, k, tol=tol, maxit=maxit, seed=seed, w_init=w_init, L1=L1, L2=L2, nonneg=nonneg,
+                      upper_bound=upper_bound, solver=solver, norm=norm, sort=sort, target_H=target_H,
+                      target_W=target_W, target_lambda=target_lambda, removal=removal, cd_maxit=cd_maxit,
+                      cd_tol=cd_tol, layout=layout, loop=loop, dtype=dtype)
+    model = solve(problem)
+    _check_finite(model)
+    return model
+
+
+def _check_finite(model: NMFModel) -> None:
+    """Refuse to hand back a NaN model (e.g. a singular Gram matrix under Cholesky with nonneg=False)."""
+    finite = all(bool(jnp.all(jnp.isfinite(x))) for x in (model.w, model.d, model.h, model.loss))
+    if not finite:
+        raise FloatingPointError(
+            f"the fit produced non-finite values by iteration {int(model.iter)}; the Gram matrix was probably "
+            "singular (try solver='cd', an L2 penalty, or a smaller k)")
+
+
+def is_sparse(A: Any) -> bool:
+    return sp.issparse(A)
