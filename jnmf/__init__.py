@@ -21,9 +21,31 @@ from ._solve import Config, Hyper, Problem, nmf, prepare, solve
 from ._targets import class_target, compute_target, label_codes, oas_zca_refine, oas_zca_whitener, refine
 
 __all__ = [
+    # core engine (issue 2)
+    "Config",
+    "DenseData",
+    "Hyper",
+    "NMFModel",
+    "Problem",
     "RRandom",
+    "SparseData",
+    "apply_l1_l2",
+    "cholesky_clip",
+    "datasets",
+    "evaluate",
+    "gram",
+    "nmf",
+    "nnls_cd",
+    "nnls_step",
+    "prepare",
+    "proj_adv_gram",
     "r_runif",
     "r_runif_matrix",
+    "removal_gram_rhs",
+    "scale_rows",
+    "solve",
+    "target_augment",
+    "target_gram",
     # guidance (issue 3)
     "class_target",
     "compute_target",

@@ -283,7 +283,7 @@ def r_kmeans(x: np.ndarray, k: int, *, rng: RRandom, nstart: int = 10, iter_max:
     if nstart == 1:
         # R draws from all rows when nstart == 1 and falls back to unique rows only if duplicates were drawn.
         start = xa[rng.sample_int(xa.shape[0], k) - 1]
-        if np.unique(start, axis=0).shape[0] < k:
+        if r_unique_rows(start).size < k:
             start = cn[rng.sample_int(mm, k) - 1]
         return hartigan_wong(xa, start, iter_max)
     best = hartigan_wong(xa, cn[rng.sample_int(mm, k) - 1], iter_max)
@@ -302,21 +302,3 @@ def _r_sum(v: np.ndarray) -> float:
     for val in np.asarray(v, dtype=np.float64):
         acc += np.longdouble(val)
     return float(acc)
-
-
-def lloyd(x: np.ndarray, centers: np.ndarray, iter_max: int = 100) -> tuple[np.ndarray, float]:
-    """Plain Lloyd iterations from ``centers`` (reference for tests): returns (0-based clusters (m,), total SS)."""
-    xa = np.asarray(x, dtype=np.float64)
-    c = np.asarray(centers, dtype=np.float64).copy()
-    cl = None
-    for _ in range(iter_max):
-        d2 = ((xa[:, None, :] - c[None, :, :]) ** 2).sum(-1)
-        new = d2.argmin(1)
-        if cl is not None and np.array_equal(new, cl):
-            break
-        cl = new
-        for L in range(c.shape[0]):
-            if np.any(cl == L):
-                c[L] = xa[cl == L].mean(0)
-    ss = float(((xa - c[cl]) ** 2).sum())
-    return cl, ss

@@ -23,13 +23,15 @@ def nnls_step(
     nonneg: bool = True,
     cd_maxit: int = 100,
     cd_tol: ArrayLike = 1e-8,
+    differentiable: bool = False,
 ) -> jax.Array:
     """Sequential coordinate descent for one column, in residual form (RcppML's CD).
 
     Solves ``min_x 1/2 x'Gx - b'x`` (x >= 0 if ``nonneg``) for G (k, k), b (k,), warm-started at ``x0`` (k,)
     (zeros if None). The residual ``r = b - Gx`` is updated in place: coordinate i moves by ``r_i / G_ii``,
     clipped at zero. Sweeps stop when ``mean_i |dx_i| / (|x_i| + 1e-15) < cd_tol`` or after ``cd_maxit`` sweeps.
-    Coordinates with ``G_ii <= 0`` are skipped. Returns x (k,).
+    Coordinates with ``G_ii <= 0`` are skipped. Returns x (k,). ``differentiable=True`` runs ``cd_maxit`` masked
+    sweeps in a ``lax.scan`` (same result, reverse-mode differentiable, always pays ``cd_maxit`` sweeps).
     """
     G = jnp.asarray(G)
     b = jnp.asarray(b)
@@ -68,8 +70,15 @@ def nnls_step(
         return (n < cd_maxit) & (err >= cd_tol)
 
     init = (x, r, jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, dtype))
-    x, _, _, _ = lax.while_loop(keep_going, sweep, init)
-    return x
+    if not differentiable:
+        return lax.while_loop(keep_going, sweep, init)[0]
+
+    def masked(state, _):
+        new = sweep(state)
+        go = keep_going(state)
+        return jax.tree.map(lambda a, b: jnp.where(go, a, b), new, state), None
+
+    return lax.scan(masked, init, None, length=cd_maxit)[0][0]
 
 
 def nnls_cd(
@@ -80,13 +89,14 @@ def nnls_cd(
     nonneg: bool = True,
     cd_maxit: int = 100,
     cd_tol: ArrayLike = 1e-8,
+    differentiable: bool = False,
 ) -> jax.Array:
     """``nnls_step`` vmapped over the columns of B (k, n), warm-started at X0 (k, n). Returns X (k, n)."""
     B = jnp.asarray(B)
     X0 = jnp.zeros_like(B) if X0 is None else jnp.asarray(X0, B.dtype)
 
     def one(b, x0):
-        return nnls_step(G, b, x0, nonneg=nonneg, cd_maxit=cd_maxit, cd_tol=cd_tol)
+        return nnls_step(G, b, x0, nonneg=nonneg, cd_maxit=cd_maxit, cd_tol=cd_tol, differentiable=differentiable)
 
     return jax.vmap(one, in_axes=(1, 1), out_axes=1)(B, X0)
 

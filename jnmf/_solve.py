@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse as sp
 from jax import lax
 
 from . import _validate as V
@@ -106,7 +105,8 @@ def _solve_factor(G, B, X_prev, warm, nonneg, config, hyper):
     if config.solver == "cholesky":
         return cholesky_clip(G, B, nonneg=nonneg)
     X0 = jnp.where(warm, X_prev, jnp.zeros_like(X_prev))
-    return nnls_cd(G, B, X0, nonneg=nonneg, cd_maxit=config.cd_maxit, cd_tol=hyper.cd_tol)
+    return nnls_cd(G, B, X0, nonneg=nonneg, cd_maxit=config.cd_maxit, cd_tol=hyper.cd_tol,
+                   differentiable=config.loop == "scan")
 
 
 def _update(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target):
@@ -175,7 +175,8 @@ def solve(problem: Problem, *, target_lambda: Any = None, L1: Any = None, L2: An
 def _lambda_pair(lam: Any, config: Config, dtype: Any) -> jax.Array:
     lam = jnp.asarray(lam, dtype)
     if lam.ndim == 0:
-        return jnp.stack([lam if config.target_W else jnp.zeros_like(lam), lam if config.target_H else jnp.zeros_like(lam)])
+        zero = jnp.zeros_like(lam)
+        return jnp.stack([lam if config.target_W else zero, lam if config.target_H else zero])
     return jnp.broadcast_to(lam, (2,))
 
 
@@ -291,6 +292,9 @@ def prepare(
     TW = None if target_W is None else V.check_matrix(target_W, "target_W", (m, k))
     lam = V.check_pair(target_lambda, "target_lambda")
     if np.ndim(target_lambda) == 0:  # a scalar applies to every target given (H only, as RcppML, if just target_H)
+        if lam[0] != 0 and TH is None and TW is None:
+            raise ValueError(f"target_lambda is {lam[0]} but target_H and target_W are None; give a target "
+                             "(RcppML silently ignores the lambda) or leave target_lambda at 0")
         lam = (lam[0] if TW is not None else 0.0, lam[1] if TH is not None else 0.0)
     for side, T, name in ((0, TW, "target_W"), (1, TH, "target_H")):
         if T is None and lam[side] != 0:
@@ -305,8 +309,6 @@ def prepare(
     if w_init is not None and seed is not None:
         raise ValueError("give either seed or w_init, not both")
     W0 = initial_w(seed if w_init is None else w_init, m, k, dtype)
-    if seed is not None and not isinstance(seed, (int, np.integer)) and np.ndim(seed) == 2:
-        pass  # explicit matrix already validated by initial_w
     config = Config(k=k, maxit=maxit, solver=solver, norm=norm, sort=bool(sort), nonneg=nonneg, cd_maxit=cd_maxit,
                     target_H=TH is not None, target_W=TW is not None, removal=removal, loop=loop)
     hyper = Hyper(
@@ -401,7 +403,3 @@ def _check_finite(model: NMFModel) -> None:
         raise FloatingPointError(
             f"the fit produced non-finite values by iteration {int(model.iter)}; the Gram matrix was probably "
             "singular (try solver='cd', an L2 penalty, or a smaller k)")
-
-
-def is_sparse(A: Any) -> bool:
-    return sp.issparse(A)

@@ -78,12 +78,14 @@ def class_target(H: ArrayLike, onehot: ArrayLike, *, whiten: bool = True, weight
     sums = _mm(H, onehot)
     mu = sums / jnp.maximum(counts, 1.0)
     n_labelled = jnp.sum(counts)
+    present = (counts > 0).astype(H.dtype)
     if weighted:
         mu_bar = jnp.sum(sums, axis=1) / jnp.maximum(n_labelled, 1.0)
     else:
-        present = (counts > 0).astype(H.dtype)
         mu_bar = _mm(mu, present) / jnp.maximum(jnp.sum(present), 1.0)
-    centred = mu - mu_bar[:, None]
+    # With one populated class the offsets are 0 in exact arithmetic; rounding would leave ~1 ulp that the
+    # whitener (up to 1e5 x along a null direction) amplifies, so zero them explicitly.
+    centred = jnp.where(jnp.sum(present) > 1, mu - mu_bar[:, None], 0.0)
     if whiten and n_levels > 1:
         weights = jnp.sqrt(counts if weighted else jnp.maximum(counts, 1.0))
         # max(N, 1) only matters when nothing is labelled, where every centroid offset is 0 and so is T.

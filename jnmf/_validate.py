@@ -20,7 +20,8 @@ def check_data(A: Any, name: str = "A") -> Any:
         out = A
     else:
         if isinstance(A, (str, bytes)) or A is None:
-            raise TypeError(f"{name} must be a numpy array, a jax array or a scipy.sparse matrix, got {type(A).__name__}")
+            raise TypeError(
+                f"{name} must be a numpy array, a jax array or a scipy.sparse matrix, got {type(A).__name__}")
         try:
             out = np.asarray(A)
         except Exception as e:  # pragma: no cover - exotic objects

@@ -1,0 +1,83 @@
+"""Bad input gets a clear error naming the argument, before any compute; never a silent NaN model."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import jnmf
+
+A = np.abs(np.random.default_rng(0).standard_normal((20, 12)))
+
+
+@pytest.mark.parametrize(
+    ("data", "exc", "match"),
+    [
+        (-A, ValueError, "A contains negative"),
+        (np.where(A > 1.5, np.nan, A), ValueError, "A contains .* non-finite"),
+        (np.where(A > 1.5, np.inf, A), ValueError, "non-finite"),
+        (np.zeros((0, 5)), ValueError, "A is empty"),
+        (np.zeros((5, 0)), ValueError, "A is empty"),
+        (A[0], ValueError, "2-D"),
+        ("matrix", TypeError, "A must be"),
+        (sp.csc_matrix(-A), ValueError, "negative"),
+        (np.array([["a", "b"], ["c", "d"]]), TypeError, "real numbers"),
+    ],
+)
+def test_bad_data(data, exc, match):
+    with pytest.raises(exc, match=match):
+        jnmf.nmf(data, 2, seed=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"k": 0}, ValueError, "k must satisfy"),
+        ({"k": 13}, ValueError, r"min\(m, n\) = 12"),
+        ({"k": 2.0}, TypeError, "k must be an integer"),
+        ({"L1": -0.1}, ValueError, "L1 must be >= 0"),
+        ({"L1": 1.0}, ValueError, "L1 must be < 1"),
+        ({"L2": -1}, ValueError, "L2 must be >= 0"),
+        ({"L2": (0.1, -1)}, ValueError, r"L2\[1\] \(H\)"),
+        ({"L2": (0.1, 0.2, 0.3)}, ValueError, "pair"),
+        ({"solver": "lbfgs"}, ValueError, "solver must be one of"),
+        ({"norm": "max"}, ValueError, "norm must be one of"),
+        ({"tol": -1}, ValueError, "tol must be >= 0"),
+        ({"tol": float("nan")}, ValueError, "tol must be finite"),
+        ({"maxit": 0}, ValueError, "maxit must be >= 1"),
+        ({"w_init": np.ones((12, 2))}, ValueError, r"shape \(20, 2\)"),
+        ({"w_init": np.full((20, 2), np.nan)}, ValueError, "non-finite"),
+        ({"w_init": -np.ones((20, 2))}, ValueError, "non-negative"),
+        ({"seed": 1, "w_init": np.ones((20, 2))}, ValueError, "either seed or w_init"),
+        ({"seed": True}, TypeError, "seed"),
+        ({"solver": "cholesky", "L1": 0.1}, ValueError, "solver='cholesky' does not support L1"),
+        ({"nonneg": "yes"}, TypeError, "nonneg"),
+        ({"layout": "csr"}, ValueError, "layout"),
+        ({"target_H": np.ones((3, 12)), "target_lambda": 0.1}, ValueError, r"target_H must have shape \(2, 12\)"),
+        ({"target_H": np.full((2, 12), np.nan), "target_lambda": 0.1}, ValueError, "target_H contains non-finite"),
+        ({"target_lambda": 0.1}, ValueError, "target_H and target_W are None"),
+        ({"target_lambda": (0.1, 0.0), "target_H": np.ones((2, 12))}, ValueError, "target_W is None"),
+        ({"target_H": np.ones((2, 12)), "target_lambda": np.inf}, ValueError, "target_lambda must be finite"),
+        ({"target_W": np.ones((2, 20)), "target_lambda": 0.1}, ValueError, r"target_W must have shape \(20, 2\)"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    kwargs = {"k": 2, **kwargs}
+    k = kwargs.pop("k")
+    with pytest.raises(exc, match=match):
+        jnmf.nmf(A, k, **kwargs)
+
+
+def test_singular_fit_raises_instead_of_returning_nan():
+    # Rank-1 data with k = 3 and no clipping: the W-update Gram matrix is singular in float32.
+    rank1 = np.outer(np.arange(1, 9.0), np.arange(1, 7.0))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        jnmf.nmf(rank1, 3, seed=1, nonneg=False, solver="cholesky")
+
+
+def test_integer_and_jax_input_accepted():
+    import jax.numpy as jnp
+
+    counts = np.random.default_rng(1).poisson(3, (15, 10))
+    a = jnmf.nmf(counts, 2, seed=1, maxit=5)
+    b = jnmf.nmf(jnp.asarray(counts, jnp.float32), 2, seed=1, maxit=5)
+    np.testing.assert_allclose(np.asarray(a.h), np.asarray(b.h), atol=1e-6)
