@@ -17,10 +17,14 @@ from ._rrng import RRandom, r_runif, r_runif_matrix
 from ._solve import Config, Hyper, Problem, nmf, prepare, solve
 
 # --- assess (issue 4) ---
+from ._assess import AssessResult, assess
 # --- guidance (issue 3) ---
 from ._targets import class_target, compute_target, label_codes, oas_zca_refine, oas_zca_whitener, refine
 
 __all__ = [
+    # assess (issue 4)
+    "AssessResult",
+    "assess",
     # core engine (issue 2)
     "Config",
     "DenseData",

@@ -59,15 +59,19 @@ class AssessResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain (mutable, JSON-friendly) copy: ``{"metrics": {...}, "classification": [...], "params": {...}}``."""
         rows = None if self.classification is None else [dict(r) for r in self.classification]
-        params = {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
-                  for k, v in self.params.items()}
+        params = {
+            k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
+            for k, v in self.params.items()
+        }
         return {"metrics": dict(self.metrics), "classification": rows, "params": params}
 
     def summary(self) -> str:
         """Text in the layout of RcppML's ``print.nmf_assessment``."""
         m, p = self.metrics, self.params
-        out = ["Embedding Assessment",
-               f"  {p['n_samples']} samples, {p['n_features']} features, {p['n_classes']} classes"]
+        out = [
+            "Embedding Assessment",
+            f"  {p['n_samples']} samples, {p['n_features']} features, {p['n_classes']} classes",
+        ]
         if "nmi" in m or "ari" in m:
             out += ["", "Clustering:"]
             if "nmi" in m:
@@ -77,17 +81,23 @@ class AssessResult:
         if "silhouette" in m:
             out.append(f"  Silhouette:  {m['silhouette']:.4f}")
         if "accuracy_mean" in m:
-            out += ["", f"Classification (stratified {p['n_folds']}-fold CV):",
-                    f"  Mean Accuracy: {m['accuracy_mean']:.4f}",
-                    f"  Mean F1:       {m['f1_mean']:.4f}",
-                    f"  Mean AUROC:    {m['auroc_mean']:.4f}"]
+            out += [
+                "",
+                f"Classification (stratified {p['n_folds']}-fold CV):",
+                f"  Mean Accuracy: {m['accuracy_mean']:.4f}",
+                f"  Mean F1:       {m['f1_mean']:.4f}",
+                f"  Mean AUROC:    {m['auroc_mean']:.4f}",
+            ]
             for clf in p["classifiers"]:
                 if f"accuracy_{clf}" in m:
                     out.append(f"    {clf:<4s}  Acc={m[f'accuracy_{clf}']:.4f}  F1={m[f'f1_{clf}']:.4f}")
         if "batch_silhouette" in m:
-            out += ["", "Batch Mixing:",
-                    f"  Batch Silhouette: {m['batch_silhouette']:+.4f}  (lower = better mixing)",
-                    f"  Batch kNN Entropy: {m['batch_knn_entropy']:.4f}  (higher = better mixing)"]
+            out += [
+                "",
+                "Batch Mixing:",
+                f"  Batch Silhouette: {m['batch_silhouette']:+.4f}  (lower = better mixing)",
+                f"  Batch kNN Entropy: {m['batch_knn_entropy']:.4f}  (higher = better mixing)",
+            ]
         return "\n".join(out)
 
     def __repr__(self) -> str:
@@ -127,10 +137,10 @@ def _r_rowsums(a: np.ndarray) -> np.ndarray:
 
 
 def _seq_matvec(x: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``x %*% v`` summed column by column, as the reference BLAS ``dgemv`` R calls for a matrix-vector product."""
-    acc = np.zeros(x.shape[:-1])
-    for j in range(x.shape[-1]):
-        acc += v[..., j] * x[..., j] if v.ndim > 1 else v[j] * x[..., j]
+    """``x %*% v`` (x (n, p), v (p,)) summed column by column, as the reference BLAS ``dgemv`` that R calls."""
+    acc = np.zeros(x.shape[0])
+    for j in range(x.shape[1]):
+        acc += v[j] * x[:, j]
     return acc
 
 
@@ -138,13 +148,15 @@ def _r_scale_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``colMeans(x)`` and ``apply(x, 2, sd)`` (n - 1 denominator) with R's long-double accumulations."""
     n = x.shape[0]
     xl = x.astype(_LD)
-    means = (np.cumsum(xl, axis=0)[-1] / n).astype(np.float64)
-    # stats::var: two-pass mean (long double, refined), then sum of double products in long double / (n - 1).
-    m1 = np.cumsum(xl, axis=0)[-1] / n
+    total = np.cumsum(xl, axis=0)[-1]
+    means = (total / n).astype(np.float64)
+    if n < 2:
+        return means, np.full(x.shape[1], np.nan)
+    # stats::var (cov.c): refined two-pass mean stored as double, then long-double deviations and products.
+    m1 = total / n
     m1 = (m1 + np.cumsum(xl - m1, axis=0)[-1] / n).astype(np.float64)
-    dev = x - m1
-    var = (np.cumsum((dev * dev).astype(_LD), axis=0)[-1] / (n - 1)).astype(np.float64) if n > 1 else np.full(
-        x.shape[1], np.nan)
+    dev = xl - m1.astype(_LD)
+    var = (np.cumsum(dev * dev, axis=0)[-1] / (n - 1)).astype(np.float64)
     return means, np.sqrt(var)
 
 
@@ -223,11 +235,11 @@ def _approx_silhouette(emb: np.ndarray, codes: np.ndarray, spc: int, seed: int) 
     mean_d = np.empty((n, classes.size))
     chunk = max(1, 4_000_000 // max(1, max(r.shape[0] for r in refs) * emb.shape[1]))
     for lo in range(0, n, chunk):
-        xi = emb[lo:lo + chunk]
+        xi = emb[lo : lo + chunk]
         for ci, r in enumerate(refs):
             diffs = r[None, :, :] - xi[:, None, :]
             dists = np.sqrt(np.maximum(_r_rowsums(diffs * diffs), 0.0))
-            mean_d[lo:lo + chunk, ci] = _r_mean(dists, axis=1)
+            mean_d[lo : lo + chunk, ci] = _r_mean(dists, axis=1)
     pos = np.searchsorted(classes, codes)
     a = mean_d[np.arange(n), pos]
     other = mean_d.copy()
@@ -259,19 +271,19 @@ def _approx_batch_knn_entropy(emb: np.ndarray, batch: np.ndarray, n_batch: int, 
     ent = np.empty(n)
     chunk = max(1, 2_000_000 // n_ref)
     for lo in range(0, n, chunk):
-        xi = emb[lo:lo + chunk]
+        xi = emb[lo : lo + chunk]
         dots = np.zeros((xi.shape[0], n_ref))
         for j in range(emb.shape[1]):
             dots += ref[None, :, j] * xi[:, j, None]
         d2 = ref_sq[None, :] - 2.0 * dots + _r_rowsums(xi * xi)[:, None]
         rows = np.arange(xi.shape[0])
-        self_pos = pos_of[lo:lo + chunk]
+        self_pos = pos_of[lo : lo + chunk]
         has = self_pos >= 0
         d2[rows[has], self_pos[has]] = np.inf
         kk = np.minimum(k, np.isfinite(d2).sum(1))
         order = np.argsort(d2, axis=1, kind="stable")
         for r in range(xi.shape[0]):
-            counts = np.bincount(ref_b[order[r, :kk[r]]], minlength=n_batch).astype(np.float64)
+            counts = np.bincount(ref_b[order[r, : kk[r]]], minlength=n_batch).astype(np.float64)
             props = counts / counts.sum()
             props = props[props > 0]
             e = -float(_ld_cumsum_last(props * np.log(props)))
@@ -317,8 +329,13 @@ def _clf_metrics(pred: np.ndarray, truth: np.ndarray, prob: np.ndarray, n_classe
         f1[c] = 2 * pr * rc / (pr + rc) if pr + rc > 0 else 0.0
         scores = prob[:, c] if prob.shape[1] > c else np.zeros(truth.size)
         auc[c] = _compute_auc(truth == c, scores)
-    return {"accuracy": accuracy, "f1": _r_mean(f1), "precision": _r_mean(prec), "recall": _r_mean(rec),
-            "auroc": _r_mean(auc)}
+    return {
+        "accuracy": accuracy,
+        "f1": _r_mean(f1),
+        "precision": _r_mean(prec),
+        "recall": _r_mean(rec),
+        "auroc": _r_mean(auc),
+    }
 
 
 def _knn_predict(x_tr, y_tr, x_te, k, n_classes):
@@ -376,7 +393,7 @@ def _dqrdc2(x: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarr
                 if abs(tt) >= 1e-6:
                     qraux[j] = qraux[j] * math.sqrt(tt)
                 else:
-                    rest = x[l + 1:, j]
+                    rest = x[l + 1 :, j]
                     qraux[j] = math.sqrt(float(rest @ rest))
                     work1[j] = qraux[j]
         qraux[l] = x[l, l]
@@ -420,13 +437,14 @@ def _logit_mu_eta(eta: np.ndarray) -> np.ndarray:
 
 
 def _binomial_deviance(y: np.ndarray, mu: np.ndarray) -> float:
-    with np.errstate(divide="ignore"):
-        r = 2.0 * (np.where(y != 0, y * np.log(np.where(y != 0, y, 1.0) / mu), 0.0)
-                   + np.where(1.0 - y != 0, (1.0 - y) * np.log(np.where(y != 1, 1.0 - y, 1.0) / (1.0 - mu)), 0.0))
-    return float(_ld_cumsum_last(r))
+    """sum 2 [y log(y / mu) + (1 - y) log((1 - y) / (1 - mu))] for y in {0, 1}, in R's operation order."""
+    r = np.where(y == 1.0, np.log(1.0 / mu), np.log(1.0 / (1.0 - mu)))
+    return float(_ld_cumsum_last(2.0 * r))
 
 
-def glm_logit_fit(x: np.ndarray, y: np.ndarray, epsilon: float = 1e-8, maxit: int = 25) -> tuple[np.ndarray, np.ndarray]:
+def glm_logit_fit(
+    x: np.ndarray, y: np.ndarray, epsilon: float = 1e-8, maxit: int = 25
+) -> tuple[np.ndarray, np.ndarray]:
     """Unpenalised logistic regression by R's ``glm.fit`` IRLS (binomial, logit).
 
     x: (n, p) model matrix (include the intercept column); y: (n,) in {0, 1}. Starts at mu = (y + 0.5) / 2, solves
@@ -451,7 +469,7 @@ def glm_logit_fit(x: np.ndarray, y: np.ndarray, epsilon: float = 1e-8, maxit: in
         start = np.zeros(p)
         start[pivot] = b
         used = pivot[:rank]
-        eta = _seq_matvec(x[:, used], start[used])
+        eta = _seq_matvec(x, start)
         mu = _logit_linkinv(eta)
         dev = _binomial_deviance(y, mu)
         coef = start
@@ -484,8 +502,9 @@ def _rf_predict(x_tr, y_tr, x_te, n_classes, random_state):
     """
     from sklearn.ensemble import RandomForestClassifier
 
-    rf = RandomForestClassifier(n_estimators=500, max_features="sqrt", min_samples_leaf=1, bootstrap=True,
-                                n_jobs=1, random_state=random_state)
+    rf = RandomForestClassifier(
+        n_estimators=500, max_features="sqrt", min_samples_leaf=1, bootstrap=True, n_jobs=1, random_state=random_state
+    )
     rf.fit(x_tr, y_tr)
     cls = rf.classes_.astype(np.int64)
     votes = np.zeros((x_te.shape[0], n_classes))
@@ -509,7 +528,9 @@ def _stratified_folds(codes: np.ndarray, n_classes: int, n_folds: int, rng: RRan
 def _cv_classify(emb, codes, n_classes, n_folds, classifiers, k_nn, seed):
     rng = RRandom(seed)
     fold = _stratified_folds(codes, n_classes, n_folds, rng)
-    rf_state = np.random.RandomState(seed)  # one stream across folds, as R's RNG continues across randomForest calls
+    rf_state = np.random.RandomState(
+        seed % 2**32
+    )  # one stream across folds, as R's RNG continues across randomForest calls
     rows = []
     for f in range(1, n_folds + 1):
         te = fold == f
@@ -589,7 +610,9 @@ def _as_factor(values: Any, n: int, name: str) -> tuple[np.ndarray, list[Any]]:
         return codes, levels
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
         raise ValueError(f"{name}: expected a sequence of n = {n} values, got {type(values).__name__}")
-    arr = np.asarray(values, dtype=object).ravel() if not isinstance(values, np.ndarray) else values.ravel()
+    arr = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D sequence of labels, got shape {arr.shape}")
     if arr.size != n:
         raise ValueError(f"{name}: length {arr.size} does not match the number of samples in x ({n})")
     if arr.dtype.kind in "iub":
@@ -609,8 +632,10 @@ def _as_factor(values: Any, n: int, name: str) -> tuple[np.ndarray, list[Any]]:
     return codes, levels
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+def _check_int(name: str, value: Any, minimum: int | None) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -655,6 +680,11 @@ def assess(
     pooled ``*_mean``; with a batch, ``batch_silhouette`` (lower = better mixing) and ``batch_knn_entropy`` (higher =
     better). ``metrics`` selects among "ari", "nmi", "silhouette", "classification", "batch_mixing" ("all": every one,
     batch mixing only with a batch). Everything but ``rf`` reproduces RcppML to rounding for the same seed.
+
+    Deviations from RcppML, all outside its tested path: empty label levels are always dropped (RcppML keeps them in
+    ``n_classes`` when no sample is dropped); batch levels are kept as given, unused ones included, like RcppML;
+    string levels sort by code point (R sorts by locale, which agrees for names of one case); classifier errors
+    propagate instead of becoming NA rows; metric names must be spelled out (no partial matching).
     """
     # ---- validation: everything is checked before any metric is computed ----
     emb = _extract_embedding(x)
@@ -670,7 +700,7 @@ def assess(
         raise ValueError(f"classifiers: expected at least one of {list(CLASSIFIERS)} when classification is requested")
     n_folds = _check_int("n_folds", n_folds, 2)
     k_nn = _check_int("k_nn", k_nn, 1)
-    seed = _check_int("seed", seed, -(2**63))
+    seed = _check_int("seed", seed, None)
     min_class_size = _check_int("min_class_size", min_class_size, 0)
     sil_samples_per_class = _check_int("sil_samples_per_class", sil_samples_per_class, 1)
     batch_knn_k = _check_int("batch_knn_k", batch_knn_k, 1)
@@ -679,13 +709,16 @@ def assess(
     counts = np.bincount(codes[codes >= 0], minlength=len(levels))
     keep_level = counts >= max(min_class_size, 1)
     if keep_level.sum() < 2:
-        raise ValueError(f"labels: fewer than 2 classes with >= {min_class_size} samples "
-                         f"(class sizes: {dict(zip(map(str, levels), counts.tolist()))})")
+        raise ValueError(
+            f"labels: fewer than 2 classes with >= {min_class_size} samples "
+            f"(class sizes: {dict(zip(map(str, levels), counts.tolist(), strict=True))})"
+        )
     bcodes = blevels = None
     if batch is not None:
         bcodes, blevels = _as_factor(batch, n, "batch")
         if np.any(bcodes < 0):
-            raise ValueError(f"batch: {int(np.sum(bcodes < 0))} missing values; expected a batch label for every sample")
+            n_bad = int(np.sum(bcodes < 0))
+            raise ValueError(f"batch: {n_bad} missing values; expected a batch label for every sample")
 
     keep = (codes >= 0) & keep_level[np.maximum(codes, 0)]
     dropped = {str(levels[i]): int(counts[i]) for i in np.flatnonzero(~keep_level) if counts[i] > 0}
@@ -693,9 +726,10 @@ def assess(
     if not keep.all():
         parts = []
         if dropped:
-            parts.append(f"{sum(dropped.values())} samples from {len(dropped)} small classes "
-                         f"(min_class_size={min_class_size}): "
-                         + ", ".join(f"{c} ({m})" for c, m in dropped.items()))
+            parts.append(
+                f"{sum(dropped.values())} samples from {len(dropped)} small classes "
+                f"(min_class_size={min_class_size}): " + ", ".join(f"{c} ({m})" for c, m in dropped.items())
+            )
         if n_missing:
             parts.append(f"{n_missing} samples with missing labels")
         warnings.warn("assess: dropped " + " and ".join(parts), UserWarning, stacklevel=2)
@@ -705,10 +739,13 @@ def assess(
     codes = remap[codes[keep]]
     n = emb.shape[0]
     n_classes = len(kept_levels)
-    if ("ari" in do_metrics or "nmi" in do_metrics):
+    if "ari" in do_metrics or "nmi" in do_metrics:
         n_distinct = r_unique_rows(emb).size
-        if not 1 < n_classes < n or n_distinct < n_classes:
-            raise ValueError(f"x: k-means needs more distinct samples ({n_distinct}) than classes ({n_classes})")
+        if n_classes >= n or n_distinct < n_classes:
+            raise ValueError(
+                f"x: k-means with {n_classes} clusters needs more samples ({n}) and at least as many distinct "
+                f"embedding rows ({n_distinct}) as classes"
+            )
     if bcodes is not None:
         bcodes = bcodes[keep]
 
@@ -737,11 +774,22 @@ def assess(
         out["batch_knn_entropy"] = _approx_batch_knn_entropy(emb, bcodes, n_batch, batch_knn_k, seed)
 
     params = {
-        "n_samples": n, "n_features": k, "n_classes": n_classes, "metrics": tuple(do_metrics), "n_folds": n_folds,
-        "classifiers": classifiers, "k_nn": k_nn, "seed": seed, "min_class_size": min_class_size,
-        "sil_samples_per_class": sil_samples_per_class, "batch_knn_k": batch_knn_k,
-        "has_batch": batch is not None, "backend": "cpu", "classes": tuple(kept_levels),
-        "dropped": MappingProxyType(dropped), "n_missing_labels": n_missing,
+        "n_samples": n,
+        "n_features": k,
+        "n_classes": n_classes,
+        "metrics": tuple(do_metrics),
+        "n_folds": n_folds,
+        "classifiers": classifiers,
+        "k_nn": k_nn,
+        "seed": seed,
+        "min_class_size": min_class_size,
+        "sil_samples_per_class": sil_samples_per_class,
+        "batch_knn_k": batch_knn_k,
+        "has_batch": batch is not None,
+        "backend": "cpu",
+        "classes": tuple(kept_levels),
+        "dropped": MappingProxyType(dropped),
+        "n_missing_labels": n_missing,
     }
     return AssessResult(
         metrics=MappingProxyType(out),

@@ -87,14 +87,35 @@ def proj_adv_gram(G: ArrayLike, G_T: ArrayLike, lam: ArrayLike, *, eig_floor: fl
 def removal_gram_rhs(
     G: ArrayLike, B: ArrayLike, T: ArrayLike, G_T: ArrayLike, lam: ArrayLike
 ) -> tuple[jax.Array, jax.Array]:
-    """Convergent removal of target information: ``G + |lam| a G_T`` with ``a = tr G / tr G_T``; B unchanged.
+    """Convergent removal of target information: ``B - r B P``, G unchanged; ``r = min(|lam|, 1)``.
 
-    Adds the convex penalty ``|lam| a / 2 * x' G_T x``, which shrinks each column's projection onto the
-    target span instead of enlarging it (the opposite sign of PROJ_ADV). G stays positive definite.
+    For T (k, n) from ``compute_target`` (columns constant within a class, 0 for unlabelled samples), P (n, n)
+    is the orthogonal projector onto the class contrasts: ``span(rows of T, 1_L) minus 1_L``, with ``1_L`` the
+    indicator of labelled (non-zero) columns of T. ``B P`` replaces each labelled column by its class mean minus
+    the labelled mean, so ``B - B P`` has equal class means: the H update fits ``A (I - r P)``, the data with a
+    fraction r of its class-mean differences removed, while W still fits A. Unconstrained solutions then share
+    their class means exactly (r = 1); unlabelled columns and the overall mean are untouched. Scale- and
+    whitening-free (only T's row space matters); if T has fewer than C - 1 independent rows, only the contrasts
+    it spans are removed. For a T without class structure it projects T's row space (bar 1_L) out of B.
+    ``G_T`` is unused (kept for a uniform target-kernel signature). It replaces a curvature penalty
+    ``G + |lam| a G_T``, which acts almost like a ridge because a whitened T spans nearly all of R^k, and so
+    removed little label information per unit of MSE (experiments/removal_modes.py).
     """
-    G = jnp.asarray(G)
-    G_T = jnp.asarray(G_T)
-    return G + jnp.abs(lam) * _trace_ratio(G, G_T) * G_T, jnp.asarray(B)
+    T = jnp.asarray(T)
+    B = jnp.asarray(B)
+    labelled = jnp.any(T != 0, axis=0).astype(B.dtype)
+    M = jnp.concatenate([T.astype(B.dtype), labelled[None, :]], axis=0)  # (k + 1, n), spans the class indicators
+    norms = jnp.linalg.norm(M, axis=1, keepdims=True)
+    M = jnp.where(norms > 0, M / jnp.where(norms > 0, norms, 1.0), 0.0)
+    # Pseudo-inverse of M M' on its numerical range: T has rank <= C - 1, so M is rank-deficient by design.
+    mu, V = jnp.linalg.eigh(jnp.dot(M, M.T, precision=_HIGHEST))
+    keep = mu > 100 * M.shape[0] * jnp.finfo(B.dtype).eps * mu[-1]
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, mu, 1.0), 0.0)
+    coef = jnp.dot(jnp.dot(B, M.T, precision=_HIGHEST), V, precision=_HIGHEST) * inv
+    B_span = jnp.dot(jnp.dot(coef, V.T, precision=_HIGHEST), M, precision=_HIGHEST)
+    B_mean = jnp.outer(jnp.dot(B, labelled, precision=_HIGHEST) / jnp.maximum(jnp.sum(labelled), 1.0), labelled)
+    r = jnp.minimum(jnp.abs(lam), 1.0)
+    return jnp.asarray(G), B - r * (B_span - B_mean)
 
 
 def apply_target(

@@ -1,7 +1,8 @@
 """R's ``stats::kmeans`` (Hartigan-Wong, AS 136) with R's multi-start protocol.
 
-Written by hand because no Python library implements Hartigan-Wong: scikit-learn only has Lloyd/Elkan, whose partitions
-differ (ARI 0.996 against the HW one on the hawaiibirds baseline embedding), so RcppML's NMI/ARI could not be reproduced.
+Written by hand because no Python library implements Hartigan-Wong: scikit-learn only has Lloyd/Elkan, whose
+partitions differ (ARI 0.996 against the HW one on the hawaiibirds baseline embedding), so RcppML's NMI/ARI could not be
+reproduced with them.
 The port follows R's ``kmns.f`` statement by statement, in plain Python floats so that every distance is summed in the
 same order and precision as the Fortran (the data are small: ~1e3 x 10).
 """
@@ -37,7 +38,7 @@ class KMeansResult:
 
 def _sqdist(a: list[float], c: list[float]) -> float:
     s = 0.0
-    for aj, cj in zip(a, c):
+    for aj, cj in zip(a, c, strict=True):
         d = aj - cj
         s += d * d
     return s
@@ -46,7 +47,7 @@ def _sqdist(a: list[float], c: list[float]) -> float:
 def _sqdist_below(a: list[float], c: list[float], bound: float) -> float | None:
     """Squared distance if it is < bound, else None (kmns.f's early exit; partial sums never decrease)."""
     s = 0.0
-    for aj, cj in zip(a, c):
+    for aj, cj in zip(a, c, strict=True):
         d = aj - cj
         s += d * d
         if s >= bound:
@@ -140,9 +141,9 @@ def hartigan_wong(x: np.ndarray, centers: np.ndarray, iter_max: int = 100) -> KM
     indx = 0
     ifault = 2
     max_qtr = 50 * m
-    it = 0
+    n_iter = 0
     # Point indices are 1-based inside the stages (``step``) because LIVE/NCP store Fortran step numbers.
-    for it in range(1, iter_max + 1):
+    for n_iter in range(1, iter_max + 1):  # noqa: B007 (reported as KMeansResult.iter)
         # --- optimal-transfer stage (AS 136.1) ---
         for L in range(k):
             if itran[L] == 1:
@@ -250,7 +251,7 @@ def hartigan_wong(x: np.ndarray, centers: np.ndarray, iter_max: int = 100) -> KM
     cen = sums / size[:, None].astype(np.float64)
     terms = (xa - cen[cl]) ** 2  # (m, p)
     wss = np.bincount(np.tile(cl, p), weights=terms.T.ravel(), minlength=k)
-    return KMeansResult(cluster=cl, centers=cen, withinss=wss, size=size, iter=it, ifault=ifault)
+    return KMeansResult(cluster=cl, centers=cen, withinss=wss, size=size, iter=n_iter, ifault=ifault)
 
 
 def r_unique_rows(x: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.linalg import cho_factor, cho_solve
+from jax.scipy.linalg import solve_triangular
 from jax.typing import ArrayLike
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -91,14 +91,49 @@ def nnls_cd(
     cd_tol: ArrayLike = 1e-8,
     differentiable: bool = False,
 ) -> jax.Array:
-    """``nnls_step`` vmapped over the columns of B (k, n), warm-started at X0 (k, n). Returns X (k, n)."""
+    """``nnls_step`` applied to every column of B (k, n), warm-started at X0 (k, n). Returns X (k, n).
+
+    Numerically the same as ``jax.vmap(nnls_step)`` over columns (tested), written row-wise: coordinate i
+    updates the contiguous row ``X[i]`` of all columns at once, and each column stops on its own criterion
+    (finished columns are frozen). ``vmap`` of the per-column loop produced strided scatters that ran ~2.7x
+    slower on CPU for k = 20, n = 14,000.
+    """
     B = jnp.asarray(B)
-    X0 = jnp.zeros_like(B) if X0 is None else jnp.asarray(X0, B.dtype)
+    G = jnp.asarray(G, B.dtype)
+    dtype = B.dtype
+    k, n = B.shape
+    X = jnp.zeros_like(B) if X0 is None else jnp.asarray(X0, dtype)
+    cd_tol = jnp.asarray(cd_tol, dtype)
+    R = B - jnp.dot(G, X, precision=_HIGHEST)
+    diag = jnp.diagonal(G)
+    safe_diag = jnp.where(diag > 0, diag, jnp.ones_like(diag))
+    tiny = jnp.asarray(1e-15, dtype)
 
-    def one(b, x0):
-        return nnls_step(G, b, x0, nonneg=nonneg, cd_maxit=cd_maxit, cd_tol=cd_tol, differentiable=differentiable)
+    def coordinate(i, carry):
+        X, R, tol_sum = carry
+        xi = X[i]
+        delta = R[i] / safe_diag[i]
+        x_new = xi + delta
+        clip = nonneg & (x_new < 0)
+        step = jnp.where(clip, -xi, delta)
+        skip = (diag[i] <= 0) | (step == 0)
+        step = jnp.where(skip, jnp.zeros_like(step), step)
+        xi_new = jnp.where(skip, xi, jnp.where(clip, jnp.zeros_like(xi), x_new))
+        tol_sum = tol_sum + jnp.where(skip, jnp.zeros_like(step), jnp.abs(step) / (jnp.abs(xi_new) + tiny))
+        return X.at[i].set(xi_new), R - G[:, i, None] * step[None, :], tol_sum
 
-    return jax.vmap(one, in_axes=(1, 1), out_axes=1)(B, X0)
+    def sweep(state):
+        X, R, n_sweeps, active = state
+        X_new, R_new, tol_sum = lax.fori_loop(0, k, coordinate, (X, R, jnp.zeros((n,), dtype)))
+        X = jnp.where(active[None, :], X_new, X)
+        R = jnp.where(active[None, :], R_new, R)
+        active = active & (tol_sum / k >= cd_tol) & (n_sweeps + 1 < cd_maxit)
+        return X, R, n_sweeps + 1, active
+
+    init = (X, R, jnp.zeros((), jnp.int32), jnp.ones((n,), bool))
+    if not differentiable:
+        return lax.while_loop(lambda s: jnp.any(s[3]), sweep, init)[0]
+    return lax.scan(lambda s, _: (sweep(s), None), init, None, length=cd_maxit)[0][0]
 
 
 def cholesky_clip(G: ArrayLike, B: ArrayLike, *, nonneg: bool = True) -> jax.Array:
@@ -109,5 +144,9 @@ def cholesky_clip(G: ArrayLike, B: ArrayLike, *, nonneg: bool = True) -> jax.Arr
     """
     G = jnp.asarray(G)
     B = jnp.asarray(B)
-    X = cho_solve(cho_factor(G, lower=True), B)
+    L = jnp.linalg.cholesky(G)
+    # Invert the k x k factor once and apply it with two GEMMs: XLA's CPU triangular solve with n right-hand
+    # sides was ~50x slower than a GEMM for k = 10, n = 14,000. Same maths as cho_solve up to rounding.
+    L_inv = solve_triangular(L, jnp.eye(G.shape[0], dtype=G.dtype), lower=True)
+    X = jnp.dot(L_inv.T, jnp.dot(L_inv, B, precision=_HIGHEST), precision=_HIGHEST)
     return jnp.maximum(X, 0) if nonneg else X

@@ -23,6 +23,7 @@ from ._data import prepare_data
 from ._features import gram, removal_gram_rhs, scale_rows, target_gram
 from ._model import NMFModel
 from ._nnls import nnls_cd
+from ._validate import check_data
 
 _HIGHEST = lax.Precision.HIGHEST
 _EIG_FLOOR = 1e-10  # RcppML floors the shrunk covariance spectrum here before inverting its square root
@@ -190,6 +191,8 @@ def _as_factor_matrix(H: Any, name: str = "H") -> jax.Array:
     H = jnp.asarray(H)
     if H.ndim != 2:
         raise ValueError(f"{name} must be a k x n matrix, got shape {H.shape}")
+    if not isinstance(H, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(H))):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     return H if jnp.issubdtype(H.dtype, jnp.floating) else H.astype(jnp.result_type(float))
 
 
@@ -250,10 +253,11 @@ def refine(
     to ``data`` given W; split ``H = diag(d) H_n`` with rows of ``H_n`` summing to 1; recompute ``H_c`` from
     ``H_n`` as in stage 1. The returned model has W columns summing to 1, rows of h summing to 1 (H_c's row sums
     are folded into d), and ``w diag(d) h`` reconstructs ``data``. With ``batch`` (length-n labels of a nuisance
-    grouping) the H refit adds the convex removal penalty of ``removal_gram_rhs`` for the unwhitened batch target
-    ``T_b = compute_target(x.h, batch, whiten=False)``, scaled by ``lambda_``; component order never changes, so
-    T_b stays aligned with the rows of H. ``iter``, ``loss``, ``loss_history``, ``converged``, ``tol`` and
-    ``w_init`` are kept from the input fit.
+    grouping) the H refit removes a fraction ``lambda_`` of the batch-mean differences from its right-hand side
+    (``removal_gram_rhs``, the kernel of ``nmf(removal="penalty")``), with the batch partition read from
+    ``T_b = compute_target(x.h, batch, whiten=False)``; component order never changes, so T_b stays aligned with
+    the rows of H. ``iter``, ``loss``, ``loss_history``, ``converged``, ``tol`` and ``w_init`` are kept from the
+    input fit.
 
     Differences from RcppML: its stage 2 refits by least squares and a clip, rescales H by L2 row norms, and folds
     d into W while also keeping d, so ``w diag(d) h`` counts d twice (toy data: MSE 19994 instead of 0.29); with
@@ -290,7 +294,8 @@ def refine(
     if cycles > 0 and not isinstance(x, NMFModel):
         raise ValueError("cycles > 0 refits W and needs an NMFModel input, got a matrix")
     if batch is not None and cycles == 0:
-        warnings.warn("batch is ignored when cycles = 0: only the stage-2 refit removes batch information", stacklevel=2)
+        warnings.warn("batch is ignored when cycles = 0: only the stage-2 refit removes batch information",
+                      stacklevel=2)
 
     onehot = _onehot(codes, len(levels), H.dtype)
     lam = jnp.asarray(lambda_, H.dtype)
@@ -301,6 +306,7 @@ def refine(
         return x.replace(h=H_c)
 
     m = x.w.shape[0]
+    data = check_data(data, "data")
     if tuple(data.shape) != (m, n):
         raise ValueError(f"data must be m x n = {(m, n)} to match the model, got {tuple(data.shape)}")
     A = prepare_data(data, H.dtype)

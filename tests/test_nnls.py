@@ -57,6 +57,8 @@ def test_vmap_and_jit_equal_python_loop():
     G = jnp.asarray(X.T @ X, jnp.float32)
     B = jnp.asarray(X.T @ rng.random((40, 12)), jnp.float32)
     batched = nnls_cd(G, B)
+    vmapped = jax.vmap(lambda b: nnls_step(G, b), in_axes=1, out_axes=1)(B)
+    np.testing.assert_allclose(np.asarray(vmapped), np.asarray(batched), rtol=1e-6, atol=1e-7)
     jitted = jax.jit(nnls_cd)(G, B)
     looped = np.stack([np.asarray(nnls_step(G, B[:, j])) for j in range(B.shape[1])], axis=1)
     np.testing.assert_allclose(np.asarray(batched), looped, rtol=1e-6, atol=1e-7)
