@@ -5,8 +5,8 @@ prints, per method: NMI, ARI and kNN accuracy of ``jnmf.assess`` w.r.t. island (
 fewer than 10 cells dropped), the MSE ratio to the baseline, iterations and convergence. Lower NMI/ARI/kNN at a
 small MSE ratio is better removal.
 
-Methods: ``proj_adv`` (RcppML, lambda = -0.10); ``curvature`` (the first ``removal="penalty"`` kernel,
-``G + |lam| tr(G)/tr(G_T) G_T``, re-created here to compare); ``penalty`` (the current ``removal_gram_rhs``:
+Methods: ``proj_adv`` (RcppML, lambda = -0.10); ``curvature`` (the first ``removal="project"`` kernel,
+``G + |lam| tr(G)/tr(G_T) G_T``, re-created here to compare); ``project`` (the current ``removal_project_rhs``:
 ``B - |lam| B P``, P the projector onto the class contrasts); enrichment (+0.10) for reference.
 
 Run: ``python experiments/removal_modes.py [--float32] [--json PATH]``. float64 by default: PROJ_ADV's chaotic
@@ -39,14 +39,14 @@ def curvature_removal(G, B, T, G_T, lam):
 
 @contextlib.contextmanager
 def removal_kernel(kernel):
-    """Swap the kernel behind ``removal="penalty"``; compiled fits are dropped so the swap takes effect."""
-    saved = _features.removal_gram_rhs
-    _features.removal_gram_rhs = kernel
+    """Swap the kernel behind ``removal="project"``; compiled fits are dropped so the swap takes effect."""
+    saved = _features.removal_project_rhs
+    _features.removal_project_rhs = kernel
     jax.clear_caches()
     try:
         yield
     finally:
-        _features.removal_gram_rhs = saved
+        _features.removal_project_rhs = saved
         jax.clear_caches()
 
 
@@ -95,11 +95,11 @@ def main() -> None:
             result = {"nmi": nan, "ari": nan, "knn_acc": nan, "mse_ratio": nan, "iter": -1, "converged": False}
         rows.append({"method": name, "lambda": lam, **result, "seconds": time.perf_counter() - t0})
     for name, kernel, lams in (("curvature", curvature_removal, CURVATURE_LAMBDAS),
-                               ("penalty", _features.removal_gram_rhs, PENALTY_LAMBDAS)):
+                               ("project", _features.removal_project_rhs, PENALTY_LAMBDAS)):
         with removal_kernel(kernel):
             for lam in lams:
                 t0 = time.perf_counter()
-                model = jnmf.nmf(A, 8, target_H=T, target_lambda=lam, removal="penalty", **fit)
+                model = jnmf.nmf(A, 8, target_H=T, target_lambda=lam, removal="project", **fit)
                 rows.append({"method": name, "lambda": lam, **scores(model, A, island, mse_base),
                              "seconds": time.perf_counter() - t0})
 

@@ -84,7 +84,7 @@ def proj_adv_gram(G: ArrayLike, G_T: ArrayLike, lam: ArrayLike, *, eig_floor: fl
     return jnp.where(jnp.any(mu < eig_floor), clipped, Gs)
 
 
-def removal_gram_rhs(
+def removal_project_rhs(
     G: ArrayLike, B: ArrayLike, T: ArrayLike, G_T: ArrayLike, lam: ArrayLike
 ) -> tuple[jax.Array, jax.Array]:
     """Convergent removal of target information: ``B - r B P``, G unchanged; ``r = min(|lam|, 1)``.
@@ -128,10 +128,10 @@ def apply_target(
     G_pos, B_pos = target_augment(G, B, T, lam)
     if removal == "proj_adv":
         G_neg, B_neg = proj_adv_gram(G, G_T, lam), B
-    elif removal == "penalty":
-        G_neg, B_neg = removal_gram_rhs(G, B, T, G_T, lam)
+    elif removal == "project":
+        G_neg, B_neg = removal_project_rhs(G, B, T, G_T, lam)
     else:
-        raise ValueError(f"removal must be 'proj_adv' or 'penalty', got {removal!r}")
+        raise ValueError(f"removal must be 'proj_adv' or 'project', got {removal!r}")
     G_out = jnp.where(lam > 0, G_pos, jnp.where(lam < 0, G_neg, G))
     B_out = jnp.where(lam > 0, B_pos, jnp.where(lam < 0, B_neg, B))
     return G_out, B_out

@@ -140,13 +140,27 @@ def cholesky_clip(G: ArrayLike, B: ArrayLike, *, nonneg: bool = True) -> jax.Arr
     """``X = max(G^{-1} B, 0)`` by one Cholesky factorisation of G (k, k); B is (k, n) or (k,).
 
     Not an exact NNLS (the clip ignores the coupling between coordinates); kept because it is RcppML's
-    default for k < 32 and reproduces its models. G must be positive definite.
+    default for k < 32 and reproduces its models. If the factorisation fails (G not numerically positive
+    definite), the solve falls back to G's eigendecomposition with eigenvalues floored at ``k eps max|mu|``.
     """
     G = jnp.asarray(G)
     B = jnp.asarray(B)
+    k = G.shape[0]
     L = jnp.linalg.cholesky(G)
-    # Invert the k x k factor once and apply it with two GEMMs: XLA's CPU triangular solve with n right-hand
-    # sides was ~50x slower than a GEMM for k = 10, n = 14,000. Same maths as cho_solve up to rounding.
-    L_inv = solve_triangular(L, jnp.eye(G.shape[0], dtype=G.dtype), lower=True)
-    X = jnp.dot(L_inv.T, jnp.dot(L_inv, B, precision=_HIGHEST), precision=_HIGHEST)
+
+    def via_cholesky():
+        # Invert the k x k factor once and apply it with two GEMMs: XLA's CPU triangular solve with n right-hand
+        # sides was ~50x slower than a GEMM for k = 10, n = 14,000. Same maths as cho_solve up to rounding.
+        L_inv = solve_triangular(L, jnp.eye(k, dtype=G.dtype), lower=True)
+        return jnp.dot(L_inv.T, jnp.dot(L_inv, B, precision=_HIGHEST), precision=_HIGHEST)
+
+    def via_eigh():
+        # G is not numerically positive definite (e.g. PROJ_ADV's clipped Gram in float32, cond ~1e8): RcppML's
+        # LLT then returns undefined values; we solve on the eigenbasis with eigenvalues floored at the dtype's
+        # resolution instead, so the fit stays finite.
+        mu, V = jnp.linalg.eigh(G)
+        floor = jnp.maximum(jnp.max(jnp.abs(mu)), 1e-30) * k * jnp.finfo(G.dtype).eps
+        return jnp.dot(V / jnp.maximum(mu, floor), jnp.dot(V.T, B, precision=_HIGHEST), precision=_HIGHEST)
+
+    X = lax.cond(jnp.all(jnp.isfinite(L)), via_cholesky, via_eigh)
     return jnp.maximum(X, 0) if nonneg else X

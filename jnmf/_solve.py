@@ -37,7 +37,7 @@ from ._rrng import r_runif_matrix
 _HIGHEST = lax.Precision.HIGHEST
 SOLVERS = ("auto", "cholesky", "cd")
 NORMS = ("L1", "L2", "none")
-REMOVALS = ("proj_adv", "penalty")
+REMOVALS = ("proj_adv", "project")
 LOOPS = ("while", "scan")
 
 
@@ -376,7 +376,9 @@ def nmf(
         target_W: (m, k) target for the W update, the same maths on W' (RcppML declares it but never wires it).
         target_lambda: scalar (applies to each target given) or a (W, H) pair. A negative value removes the
             target's information: ``removal="proj_adv"`` is RcppML's PROJ_ADV (``G - |lam| a G_T``, faithful and
-            non-convergent), ``removal="penalty"`` adds curvature instead (``G + |lam| a G_T``) and converges.
+            non-convergent); ``removal="project"`` removes a fraction ``min(|lam|, 1)`` of the class-mean
+            differences (the span of T's rows) from the right-hand side of the H update (``B - r B P``), keeps
+            G positive definite and converges (``removal_project_rhs``; experiments/removal_modes.py).
         w_init: explicit initial W (m, k), alternative to ``seed``.
         cd_maxit, cd_tol: inner coordinate-descent limits.
         loop: ``"while"`` stops at convergence (iterations after it cost nothing); ``"scan"`` runs ``maxit``

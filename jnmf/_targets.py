@@ -20,7 +20,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from ._data import prepare_data
-from ._features import gram, removal_gram_rhs, scale_rows, target_gram
+from ._features import gram, removal_project_rhs, scale_rows, target_gram
 from ._model import NMFModel
 from ._nnls import nnls_cd
 from ._validate import check_data
@@ -254,7 +254,7 @@ def refine(
     ``H_n`` as in stage 1. The returned model has W columns summing to 1, rows of h summing to 1 (H_c's row sums
     are folded into d), and ``w diag(d) h`` reconstructs ``data``. With ``batch`` (length-n labels of a nuisance
     grouping) the H refit removes a fraction ``lambda_`` of the batch-mean differences from its right-hand side
-    (``removal_gram_rhs``, the kernel of ``nmf(removal="penalty")``), with the batch partition read from
+    (``removal_project_rhs``, the kernel of ``nmf(removal="project")``), with the batch partition read from
     ``T_b = compute_target(x.h, batch, whiten=False)``; component order never changes, so T_b stays aligned with
     the rows of H. ``iter``, ``loss``, ``loss_history``, ``converged``, ``tol`` and ``w_init`` are kept from the
     input fit.
@@ -333,7 +333,7 @@ def _refine_cycle(A, W_T, d, H_c, onehot, T_b, lam, *, whiten: bool, nonneg: boo
     s, W_T = scale_rows(W_T)
     G, B = gram(W_T), A.left(W_T)
     if remove:
-        G, B = removal_gram_rhs(G, B, T_b, target_gram(T_b), -lam)
+        G, B = removal_project_rhs(G, B, T_b, target_gram(T_b), -lam)
     # diag(s) D reconstructs A with the normalised W, so it warm-starts the H solve close to its solution.
     H_raw = nnls_cd(G, B, s[:, None] * D, nonneg=nonneg)
     d, H = scale_rows(H_raw)

@@ -89,7 +89,7 @@ def test_proj_adv_first_iterations_match_rcppml(birds):
 def test_lambda_zero_equals_no_target(toy):
     plain = jnmf.nmf(toy["A"], 3, seed=1, tol=1e-8, maxit=30)
     zero = jnmf.nmf(toy["A"], 3, seed=1, tol=1e-8, maxit=30, target_H=toy["target_T"], target_lambda=0.0)
-    for removal in ("proj_adv", "penalty"):
+    for removal in ("proj_adv", "project"):
         zero_r = jnmf.nmf(toy["A"], 3, seed=1, tol=1e-8, maxit=30, target_H=toy["target_T"], target_lambda=0.0,
                           removal=removal)
         np.testing.assert_array_equal(zero_r.h, zero.h)
@@ -99,16 +99,9 @@ def test_lambda_zero_equals_no_target(toy):
     np.testing.assert_array_equal(zero.loss, plain.loss)
 
 
-_F32_PROJ_ADV = pytest.mark.xfail(
-    strict=True, raises=FloatingPointError,
-    reason="float32 Cholesky of PROJ_ADV's clipped Gram (cond ~1e8) gives NaN at iteration 2 on the toy data; "
-    "RcppML's float32 LLT returns garbage but finite values (SSE ~2e7)",
-)
-
-
 @pytest.mark.parametrize(
     "removal, x64",
-    [("proj_adv", True), pytest.param("proj_adv", False, marks=_F32_PROJ_ADV), ("penalty", True), ("penalty", False)],
+    [("proj_adv", True), ("proj_adv", False), ("project", True), ("project", False)],
 )
 def test_signs_differ_and_factors_stay_nonnegative(toy, removal, x64):
     kw = dict(seed=1, maxit=20, tol=1e-8, target_H=toy["target_T"], removal=removal)
@@ -126,7 +119,7 @@ def test_sparse_input_with_targets(toy):
 
     A = sp.csc_matrix(np.where(toy["A"] > 0.8, toy["A"], 0.0))
     for lam in (0.5, -0.5):
-        model = jnmf.nmf(A, 3, seed=1, maxit=20, target_H=toy["target_T"], target_lambda=lam, removal="penalty")
+        model = jnmf.nmf(A, 3, seed=1, maxit=20, target_H=toy["target_T"], target_lambda=lam, removal="project")
         assert float(jnp.min(model.h)) >= 0.0 and model.h.shape == (3, 30)
 
 
@@ -138,13 +131,13 @@ def _between_class_share(model, codes):
     return between / np.sum((X - mu) ** 2)
 
 
-def test_penalty_removal_converges_and_lowers_island_information(birds, hawaiibirds):
+def test_project_removal_converges_and_lowers_island_information(birds, hawaiibirds):
     ref, A = birds
     island = hawaiibirds.obs["island"]
     codes, _ = jnmf.label_codes(island)
     base = jnmf.nmf(A, 8, tol=1e-4, maxit=100, seed=42)
     removed = jnmf.nmf(A, 8, tol=1e-4, maxit=100, seed=42, target_H=ref["target_T"], target_lambda=-0.5,
-                       removal="penalty")
+                       removal="project")
     assert bool(removed.converged)
     assert float(jnp.min(removed.w)) >= 0.0 and float(jnp.min(removed.h)) >= 0.0
     # no PROJ_ADV-style blow-up (reference §12.4: spikes to 2.9e8)
@@ -178,7 +171,7 @@ def test_removal_kernel_removes_a_fraction_of_class_mean_differences(lam):
     with jax.enable_x64(True):
         T = jnmf.compute_target(H, labels)
         G = jnp.eye(4) * 2.0
-        G_out, B_out = jnmf.removal_gram_rhs(G, B, T, jnmf.target_gram(T), lam)
+        G_out, B_out = jnmf.removal_project_rhs(G, B, T, jnmf.target_gram(T), lam)
         G_out, B_out = np.asarray(G_out), np.asarray(B_out)
     np.testing.assert_array_equal(G_out, G)
     lab = codes >= 0
@@ -202,8 +195,8 @@ def test_removal_kernel_depends_only_on_the_class_partition():
         for kw in (dict(), dict(whiten=False), dict(weighted=True)):
             T = jnmf.compute_target(H, labels, **kw)
             for scale in (1.0, 1e3):
-                outs.append(np.asarray(jnmf.removal_gram_rhs(jnp.eye(4), B, scale * T, jnp.eye(4), -0.7)[1]))
-        zero = jnmf.removal_gram_rhs(jnp.eye(4), B, jnp.zeros_like(T), jnp.zeros((4, 4)), -0.7)[1]
+                outs.append(np.asarray(jnmf.removal_project_rhs(jnp.eye(4), B, scale * T, jnp.eye(4), -0.7)[1]))
+        zero = jnmf.removal_project_rhs(jnp.eye(4), B, jnp.zeros_like(T), jnp.zeros((4, 4)), -0.7)[1]
         np.testing.assert_array_equal(zero, B)
     for out in outs[1:]:
         np.testing.assert_allclose(out, outs[0], atol=1e-10)
@@ -213,11 +206,11 @@ def test_vmapped_lambdas_equal_separate_fits(toy):
     lams = np.linspace(-0.6, 0.6, 8)
     with jax.enable_x64(True):
         problem = jnmf.prepare(toy["A"], 3, seed=1, maxit=30, target_H=toy["target_T"], target_lambda=0.1,
-                               removal="penalty")
+                               removal="project")
         batched = jax.vmap(lambda lam: jnmf.solve(problem, target_lambda=lam))(jnp.asarray(lams))
         for i, lam in enumerate(lams):
             single = jnmf.nmf(toy["A"], 3, seed=1, maxit=30, target_H=toy["target_T"], target_lambda=float(lam),
-                              removal="penalty")
+                              removal="project")
             assert int(batched.iter[i]) == int(single.iter)
             np.testing.assert_allclose(batched.w[i], single.w, rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(batched.d[i], single.d, rtol=1e-9)
