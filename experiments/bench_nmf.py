@@ -64,7 +64,8 @@ def main() -> None:
     S = sp.random(14_000, 2_600, density=0.15, random_state=rng, format="csc", dtype=np.float64)
     problems.append(("synthetic 14000x2600 15% nnz", S, [10, 20, 50]))
 
-    header = f"{'problem':30s} {'k':>3s} {'path':>16s} {'jnmf ms/it':>11s} {'compile ms':>11s} {'sklearn ms/it':>14s} {'ratio':>6s}"
+    header = (f"{'problem':30s} {'k':>3s} {'path':>16s} {'jnmf ms/it':>11s} {'compile ms':>11s} "
+              f"{'sklearn ms/it':>14s} {'ratio':>6s}")
     print(header)
     print("-" * len(header))
     for name, A, ks in problems:

@@ -83,3 +83,26 @@ def load_hawaiibirds(data_dir: str | os.PathLike | None = None) -> Dataset:
         if len(col) != m:
             raise ValueError(f"hawaiibirds_species.csv column {name!r} has {len(col)} rows, expected {m}")
     return Dataset(A=A, obs=obs, var=var)
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's handwritten digits as a (features x samples) data set that needs no download.
+
+    ``A``: scipy CSC, 64 pixels x 1797 images, grey levels 0..16. ``obs``: ``digit`` (the label, as a string
+    "0".."9" so it reads as a category). ``var``: ``pixel`` ("r{row}c{col}").
+    """
+    from sklearn.datasets import load_digits as _sk_digits
+
+    digits = _sk_digits()
+    A = sp.csc_matrix(np.asarray(digits.data, np.float64).T)
+    obs = {"digit": np.asarray([str(t) for t in digits.target], dtype=object)}
+    var = {"pixel": np.asarray([f"r{i // 8}c{i % 8}" for i in range(64)], dtype=object)}
+    return Dataset(A=A, obs=obs, var=var)
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """Load a data set by name: ``"hawaiibirds"`` (files outside the repository) or ``"digits"`` (scikit-learn)."""
+    loaders = {"hawaiibirds": lambda: load_hawaiibirds(data_dir), "digits": load_digits}
+    if name not in loaders:
+        raise ValueError(f"data set name must be one of {sorted(loaders)}, got {name!r}")
+    return loaders[name]()

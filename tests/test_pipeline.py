@@ -1,0 +1,113 @@
+"""The main job (``jnmf run``) on a small problem: files, fields and figures."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jnmf import cli
+
+pytest.importorskip("matplotlib", reason="figures need matplotlib (pip install 'jnmf[figures]')")
+pytest.importorskip("umap", reason="UMAP panels need umap-learn (pip install 'jnmf[figures]')")
+
+CONFIG = """
+experiment = "{experiment}"
+title = "test run"
+
+[data]
+name = "digits"
+labels = "digit"
+subsample = 300
+
+[nmf]
+k = 5
+tol = 1e-4
+maxit = 30
+seed = 7
+
+[assess]
+classifiers = ["knn", "lr"]
+
+[figures]
+umap = true
+
+[[methods]]
+key = "baseline"
+label = "Baseline"
+kind = "baseline"
+published = {{ nmi = 0.5, ari = 0.4, accuracy_knn = 0.9, mse_ratio = 1.0 }}
+
+[[methods]]
+key = "refine"
+label = "refine"
+kind = "refine"
+lambda = 0.5
+
+[[methods]]
+key = "target"
+label = "target"
+kind = "target"
+lambda = 0.1
+
+[[methods]]
+key = "removal"
+label = "removal"
+kind = "target"
+lambda = -0.3
+removal = "project"
+
+[tables]
+enrichment = ["baseline", "refine", "target"]
+removal = ["baseline", "removal"]
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from pathlib import Path
+
+    root = tmp_path_factory.mktemp("pipeline")
+    experiment = Path(__file__).resolve().parents[1] / "experiments" / "guided_nmf.py"
+    config = root / "small.toml"
+    config.write_text(CONFIG.format(experiment=experiment.as_posix()))
+    out = root / "out"
+    assert cli.main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_results_json_has_one_record_per_method(run_dir):
+    payload = json.loads((run_dir / "results.json").read_text())
+    records = payload["records"]
+    assert [r["method"] for r in records] == ["Baseline", "refine", "target", "removal"]
+    for r in records:
+        for field in ("method", "nmi", "ari", "accuracy_knn", "accuracy_lr", "mse_ratio", "iterations", "converged",
+                      "seconds"):
+            assert field in r
+        assert 0 <= r["nmi"] <= 1 and -1 <= r["ari"] <= 1 and 0 <= r["accuracy_knn"] <= 1
+        assert r["mse_ratio"] > 0 and r["seconds"] >= 0
+    assert records[0]["mse_ratio"] == pytest.approx(1.0)
+    assert records[1]["iterations"] is None and isinstance(records[2]["iterations"], int)
+    # guidance moves the embedding the intended way on digits
+    assert records[2]["nmi"] > records[0]["nmi"] > records[3]["nmi"]
+
+
+def test_markdown_tables_and_log(run_dir):
+    md = (run_dir / "results.md").read_text()
+    assert "## Enrichment" in md and "## Removal" in md
+    assert "| Baseline |" in md and "0.500 / 0.400 / 0.900 / 1.0" in md
+    log = (run_dir / "run.log").read_text()
+    assert "baseline nmf" in log and "wall time" in log
+
+
+@pytest.mark.parametrize("name", ["umap.png", "factor_composition.png"])
+def test_figures_are_non_empty_images_of_the_expected_size(run_dir, name):
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(run_dir / name)
+    assert img.shape[:2] == (460, 4 * 420)  # 4 panels of 4.2 x 4.6 inches at 100 dpi
+    assert np.std(img[..., :3]) > 0.05  # not a blank canvas
+
+
+def test_cli_reports_missing_config(tmp_path, capsys):
+    assert cli.main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
