@@ -1,6 +1,6 @@
 """Non-negative least-squares kernels: ``min_{x >= 0} 1/2 x'Gx - b'x`` for a k x k Gram matrix G.
 
-``nnls_step`` solves one column and is ``vmap``-ped across columns by ``nnls_cd``; ``cholesky_clip`` is the
+``nnls_step`` solves one column (vmappable across columns); ``nnls_cd`` solves all columns at once; ``cholesky_clip`` is the
 unconstrained solve followed by a projection (RcppML's default for k < 32, not an exact NNLS).
 """
 
@@ -33,52 +33,13 @@ def nnls_step(
     Coordinates with ``G_ii <= 0`` are skipped. Returns x (k,). ``differentiable=True`` runs ``cd_maxit`` masked
     sweeps in a ``lax.scan`` (same result, reverse-mode differentiable, always pays ``cd_maxit`` sweeps).
     """
-    G = jnp.asarray(G)
     b = jnp.asarray(b)
-    dtype = jnp.result_type(G.dtype, b.dtype)
-    G = G.astype(dtype)
-    b = b.astype(dtype)
-    k = b.shape[0]
-    x = jnp.zeros((k,), dtype) if x0 is None else jnp.asarray(x0, dtype)
-    cd_tol = jnp.asarray(cd_tol, dtype)
-    r = b - jnp.dot(G, x, precision=_HIGHEST)
-    diag = jnp.diagonal(G)
-    # Safe denominator: skipped coordinates must not produce inf/NaN that leaks through `where` in gradients.
-    safe_diag = jnp.where(diag > 0, diag, jnp.ones_like(diag))
-    tiny = jnp.asarray(1e-15, dtype)
-
-    def coordinate(i, carry):
-        x, r, tol_sum = carry
-        xi = x[i]
-        delta = r[i] / safe_diag[i]
-        x_new = xi + delta
-        clip = nonneg & (x_new < 0)
-        step = jnp.where(clip, -xi, delta)
-        skip = (diag[i] <= 0) | (step == 0)
-        step = jnp.where(skip, jnp.zeros_like(step), step)
-        xi_new = jnp.where(skip, xi, jnp.where(clip, jnp.zeros_like(xi), x_new))
-        tol_sum = tol_sum + jnp.where(skip, jnp.zeros_like(step), jnp.abs(step) / (jnp.abs(xi_new) + tiny))
-        return x.at[i].set(xi_new), r - G[:, i] * step, tol_sum
-
-    def sweep(state):
-        x, r, n, _ = state
-        x, r, tol_sum = lax.fori_loop(0, k, coordinate, (x, r, jnp.zeros((), dtype)))
-        return x, r, n + 1, tol_sum / k
-
-    def keep_going(state):
-        _, _, n, err = state
-        return (n < cd_maxit) & (err >= cd_tol)
-
-    init = (x, r, jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, dtype))
-    if not differentiable:
-        return lax.while_loop(keep_going, sweep, init)[0]
-
-    def masked(state, _):
-        new = sweep(state)
-        go = keep_going(state)
-        return jax.tree.map(lambda a, b: jnp.where(go, a, b), new, state), None
-
-    return lax.scan(masked, init, None, length=cd_maxit)[0][0]
+    dtype = jnp.result_type(jnp.asarray(G).dtype, b.dtype)
+    x0 = None if x0 is None else jnp.asarray(x0, dtype)[:, None]
+    # One column is the n = 1 case of the row-wise kernel; vmapping this function over columns gives nnls_cd.
+    X = nnls_cd(G, b.astype(dtype)[:, None], x0, nonneg=nonneg, cd_maxit=cd_maxit, cd_tol=cd_tol,
+                differentiable=differentiable)
+    return X[:, 0]
 
 
 def nnls_cd(
@@ -107,6 +68,7 @@ def nnls_cd(
     R = B - jnp.dot(G, X, precision=_HIGHEST)
     diag = jnp.diagonal(G)
     safe_diag = jnp.where(diag > 0, diag, jnp.ones_like(diag))
+    # Safe denominator: skipped coordinates must not produce inf/NaN that leaks through `where` in gradients.
     tiny = jnp.asarray(1e-15, dtype)
 
     def coordinate(i, carry):
