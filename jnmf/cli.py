@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
 import tomllib
@@ -48,10 +49,21 @@ def _load_experiment(config_path: Path, name: str):
     return module
 
 
+def _enable_compilation_cache(path: str | None) -> None:
+    """Keep compiled XLA programs on disk so a second run of the same experiment skips compilation."""
+    import jax
+
+    cache = path or os.environ.get("JNMF_CACHE_DIR") or str(Path.home() / ".cache" / "jnmf" / "xla")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def run(config_path: str | Path, out: str | Path | None = None, data_dir: str | None = None,
-        quiet: bool = False) -> dict:
+        quiet: bool = False, cache: bool = True) -> dict:
     """Run the experiment a config names; returns what the experiment returns (its results)."""
     started = time.perf_counter()
+    if cache:
+        _enable_compilation_cache(None)
     config_path = Path(config_path)
     if not config_path.is_file():
         raise FileNotFoundError(f"config file {config_path} does not exist")
@@ -79,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--data-dir", default=None, help="folder with the data files (default: $JNMF_DATA_DIR, "
                        "then ../shared/data beside the repository)")
     p_run.add_argument("--quiet", action="store_true", help="no progress on the terminal (the log is still written)")
+    p_run.add_argument("--no-cache", action="store_true", help="do not keep compiled programs in $JNMF_CACHE_DIR "
+                       "(default ~/.cache/jnmf/xla); every run then compiles from scratch")
     args = parser.parse_args(argv)
     try:
-        run(args.config, args.out, args.data_dir, args.quiet)
+        run(args.config, args.out, args.data_dir, args.quiet, cache=not args.no_cache)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"jnmf: error: {e}", file=sys.stderr)
         return 2

@@ -71,7 +71,7 @@ def run_dir(tmp_path_factory):
     config = root / "small.toml"
     config.write_text(CONFIG.format(experiment=experiment.as_posix()))
     out = root / "out"
-    assert cli.main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["run", str(config), "--out", str(out), "--quiet", "--no-cache"]) == 0
     return out
 
 
