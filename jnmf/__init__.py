@@ -1,6 +1,6 @@
 """jnmf: label-guided non-negative matrix factorization in JAX."""
 
-from . import datasets
+from . import datasets, graph
 from ._assess import AssessResult, assess
 from ._data import DenseData, SparseData
 from ._features import (
@@ -17,6 +17,21 @@ from ._nnls import cholesky_clip, nnls_cd, nnls_step
 from ._rrng import RRandom, r_runif, r_runif_matrix
 from ._solve import Config, Hyper, Problem, nmf, prepare, solve
 from ._targets import class_target, compute_target, label_codes, oas_zca_refine, oas_zca_whitener, refine
+from .graph import (
+    FactorNetResult,
+    H,
+    LayerResult,
+    W,
+    factor_add,
+    factor_concat,
+    factor_condition,
+    factor_config,
+    factor_input,
+    factor_net,
+    factor_shared,
+    fit,
+    nmf_layer,
+)
 
 __all__ = [
     "AssessResult",
@@ -51,4 +66,18 @@ __all__ = [
     "oas_zca_refine",
     "oas_zca_whitener",
     "refine",
+    "graph",
+    "FactorNetResult",
+    "H",
+    "LayerResult",
+    "W",
+    "factor_add",
+    "factor_concat",
+    "factor_condition",
+    "factor_config",
+    "factor_input",
+    "factor_net",
+    "factor_shared",
+    "fit",
+    "nmf_layer",
 ]

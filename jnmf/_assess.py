@@ -559,10 +559,16 @@ def _cv_classify(emb, codes, n_classes, n_folds, classifiers, k_nn, seed):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _extract_embedding(x: Any) -> np.ndarray:
-    """n x k embedding: ``x.embedding()`` if present (factor-graph results), ``(d[:, None] * h).T`` for an NMF model
-    (duck-typed: attributes ``d`` (k,) and ``h`` (k, n)), else ``x`` itself as an n x k array."""
-    if callable(getattr(x, "embedding", None)):
+def _extract_embedding(x: Any, layer: Any = None) -> np.ndarray:
+    """n x k embedding: ``x.embedding()`` if present (factor-graph results; ``x.embedding(layer)`` when a layer is
+    named), ``(d[:, None] * h).T`` for an NMF model (duck-typed: attributes ``d`` (k,) and ``h`` (k, n)), else ``x``
+    itself as an n x k array."""
+    if layer is not None:
+        if not (hasattr(x, "layers") and callable(getattr(x, "embedding", None))):
+            raise ValueError(f"layer: only a factor-graph result has layers; got layer={layer!r} with "
+                             f"{type(x).__name__}")
+        emb = np.asarray(x.embedding(layer), dtype=np.float64)
+    elif callable(getattr(x, "embedding", None)):
         emb = np.asarray(x.embedding(), dtype=np.float64)
     elif hasattr(x, "d") and hasattr(x, "h"):
         d = np.asarray(x.d, dtype=np.float64).ravel()
@@ -666,12 +672,14 @@ def assess(
     min_class_size: int = 10,
     sil_samples_per_class: int = 200,
     batch_knn_k: int = 50,
+    layer: str | int | None = None,
 ) -> AssessResult:
     """Judge an embedding against labels with RcppML's ``assess()`` protocol (CPU path).
 
     x: an NMF model (attributes ``d`` (k,), ``h`` (k, n); embedding E = (d[:, None] * h).T, n x k), an object with an
     ``embedding()`` method, or an n x k array (rows = samples). labels: n class labels (strings, numbers, a
-    categorical; None/NaN are dropped). batch: optional n batch labels for the mixing metrics.
+    categorical; None/NaN are dropped). batch: optional n batch labels for the mixing metrics. layer: for a
+    factor-graph result, the layer whose sample embedding is judged (name or build index; default the first built).
 
     Classes with fewer than ``min_class_size`` samples are dropped (with a warning). Then, on the raw E:
     ``nmi``/``ari`` of one Hartigan-Wong k-means (C clusters, 10 R-RNG starts), the sampled ``silhouette`` of the
@@ -687,7 +695,7 @@ def assess(
     propagate instead of becoming NA rows; metric names must be spelled out (no partial matching).
     """
     # ---- validation: everything is checked before any metric is computed ----
-    emb = _extract_embedding(x)
+    emb = _extract_embedding(x, layer)
     n, k = emb.shape
     if isinstance(metrics, str) and metrics == "all":
         do_metrics = METRICS if batch is not None else METRICS[:-1]

@@ -1,7 +1,8 @@
 """Non-negative least-squares kernels: ``min_{x >= 0} 1/2 x'Gx - b'x`` for a k x k Gram matrix G.
 
-``nnls_step`` solves one column (vmappable across columns); ``nnls_cd`` solves all columns at once; ``cholesky_clip`` is the
-unconstrained solve followed by a projection (RcppML's default for k < 32, not an exact NNLS).
+``nnls_step`` solves one column (vmappable across columns); ``nnls_cd`` solves all columns at once;
+``cholesky_clip`` is the unconstrained solve followed by a projection (RcppML's default for k < 32, not an
+exact NNLS).
 """
 
 from __future__ import annotations
