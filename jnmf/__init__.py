@@ -1,6 +1,6 @@
 """jnmf: label-guided non-negative matrix factorization in JAX."""
 
-from . import datasets, graph
+from . import datasets, graph, tl
 from ._assess import AssessResult, assess
 from ._data import DenseData, SparseData
 from ._features import (
@@ -12,10 +12,14 @@ from ._features import (
     target_augment,
     target_gram,
 )
+from ._io import load, save
 from ._model import NMFModel, evaluate
 from ._nnls import cholesky_clip, nnls_cd, nnls_step
+from ._project import project
 from ._rrng import RRandom, r_runif, r_runif_matrix
+from ._sklearn import NMF, GuidedNMF
 from ._solve import Config, Hyper, Problem, nmf, prepare, solve
+from ._sweep import SweepChunkWarning, SweepResult, class_separation, prepare_differentiable, sweep
 from ._targets import class_target, compute_target, label_codes, oas_zca_refine, oas_zca_whitener, refine
 from .graph import (
     FactorNetResult,
@@ -66,6 +70,11 @@ __all__ = [
     "oas_zca_refine",
     "oas_zca_whitener",
     "refine",
+    "SweepChunkWarning",
+    "SweepResult",
+    "class_separation",
+    "prepare_differentiable",
+    "sweep",
     "graph",
     "FactorNetResult",
     "H",
@@ -80,4 +89,10 @@ __all__ = [
     "factor_shared",
     "fit",
     "nmf_layer",
+    "GuidedNMF",
+    "NMF",
+    "load",
+    "project",
+    "save",
+    "tl",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -52,6 +54,12 @@ class NMFModel:
     def embedding(self) -> jax.Array:
         """The (n, k) sample embedding ``(diag(d) h)'`` used by ``assess`` and the vignette."""
         return (self.d[..., :, None] * self.h).swapaxes(-1, -2)
+
+    def save(self, path: str | os.PathLike, settings: dict[str, Any] | None = None) -> Path:
+        """Write the model to a portable ``.npz`` (no pickle) with the recorded fit ``settings``; see ``jnmf.load``."""
+        from ._io import save
+
+        return save(self, path, settings)
 
     def __repr__(self) -> str:
         shape = f"m={self.w.shape[-2]}, n={self.h.shape[-1]}, k={self.d.shape[-1]}"

@@ -8,18 +8,23 @@ Functional use (what ``nmf`` does, and what grids are built from)::
 
 A ``Problem`` is a pytree: the data, the hyperparameters (``Hyper``: tol, L1, L2, upper bounds, target lambdas
 and targets, all arrays) and the initial W are leaves; the structural choices (``Config``: k, maxit, solver,
-norm, sort, nonneg, which targets exist, the removal mode, the loop kind) are static. A new lambda, L1, L2,
-tol or initial W therefore reuses the compiled program.
+norm, sort, nonneg, which targets exist, the removal mode, the loop kind, whether A has a mask) are static. A new
+lambda, L1, L2, tol or initial W therefore reuses the compiled program.
 
 One outer iteration follows RcppML 1.0.0 (reference §4): H update from the unit-scaled W (the raw initial W at
 iteration 0), then the W update from the unit-scaled H, each as NNLS on ``G = F F' + 1e-15 I`` and
 ``B = F A`` modified by L2, L1 and the target, then diagonal scaling; the model's d comes from the W update.
 Convergence: relative change of the total squared error below ``tol`` on 5 consecutive iterations.
+
+Missing data (``mask``, or NaN in A): the data carry a boolean mask and each column j of an update solves its own
+NNLS with ``G_j = F diag(o_j) F'`` and ``b_j = F (o_j * a_j)`` (o_j: 1 for observed entries of that column), so
+masked entries never enter the fit; the loss is then the SSE over observed entries, formed directly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -28,10 +33,18 @@ import numpy as np
 from jax import lax
 
 from . import _validate as V
-from ._data import DenseData, SparseData, prepare_data, squared_norm
-from ._features import apply_l1_l2, apply_target, gram, scale_rows, target_gram
+from ._data import DenseData, SparseData, prepare_data, split_mask, squared_norm
+from ._features import (
+    apply_l1_l2,
+    apply_target,
+    gram,
+    proj_adv_gram,
+    removal_project_rhs,
+    scale_rows,
+    target_gram,
+)
 from ._model import NMFModel
-from ._nnls import cholesky_clip, nnls_cd
+from ._nnls import cholesky_clip, nnls_cd, nnls_step
 from ._rrng import r_runif_matrix
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -57,6 +70,7 @@ class Config:
     removal: str = "proj_adv"
     patience: int = 5
     loop: str = "while"
+    masked: bool = False
 
 
 @jax.tree_util.register_dataclass
@@ -109,14 +123,47 @@ def _solve_factor(G, B, X_prev, warm, nonneg, config, hyper):
                    differentiable=config.loop == "scan")
 
 
-def _update(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target):
-    """One factor update: solve for X (k, p) given the other factor F (k, q) and ``rhs = F A`` or ``H A'``."""
-    G = gram(F)
-    G0, B0 = G, rhs
-    G, B = apply_l1_l2(G, rhs, hyper.L1[side], hyper.L2[side])
-    if has_target:
-        G, B = apply_target(G, B, T, G_T, hyper.target_lambda[side], config.removal)
-    X = _solve_factor(G, B, X_prev, warm, config.nonneg[side], config, hyper)
+def _solve_columns(Gs, B, X_prev, warm, nonneg, config, hyper):
+    """Masked NNLS: column j of B (k, p) with its own Gram matrix ``Gs[j]`` (p, k, k), vmapped over columns."""
+    if config.solver == "cholesky":
+        return jax.vmap(lambda G, b: cholesky_clip(G, b, nonneg=nonneg), out_axes=1)(Gs, B.T)
+    X0 = jnp.where(warm, X_prev, jnp.zeros_like(X_prev))
+    solve = functools.partial(nnls_step, nonneg=nonneg, cd_maxit=config.cd_maxit, cd_tol=hyper.cd_tol,
+                              differentiable=config.loop == "scan")
+    return jax.vmap(solve, in_axes=(0, 1, 1), out_axes=1)(Gs, B, X0)
+
+
+def _masked_target(Gs, B, T, G_T, lam, removal):
+    """``apply_target`` for per-column Gram matrices Gs (p, k, k): each G_j gets what G gets in the plain path."""
+    eye = jnp.eye(Gs.shape[-1], dtype=Gs.dtype)
+    if removal == "proj_adv":
+        G_neg, B_neg = jax.vmap(proj_adv_gram, in_axes=(0, None, None))(Gs, G_T, lam), B
+    else:  # "project" edits only the right-hand side, from all columns at once; G is not used
+        G_neg, B_neg = Gs, removal_project_rhs(eye, B, T, G_T, lam)[1]
+    G_out = jnp.where(lam > 0, Gs + lam * eye, jnp.where(lam < 0, G_neg, Gs))
+    B_out = jnp.where(lam > 0, B + lam * T, jnp.where(lam < 0, B_neg, B))
+    return G_out, B_out
+
+
+def _update(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target, Gs=None):
+    """One factor update: solve for X (k, p) given the other factor F (k, q) and ``rhs = F A`` or ``H A'``.
+
+    ``Gs`` (p, k, k), given for masked data only, holds one Gram matrix per column of X instead of ``F F'``.
+    """
+    if Gs is None:
+        G = gram(F)
+        G0, B0 = G, rhs
+        G, B = apply_l1_l2(G, rhs, hyper.L1[side], hyper.L2[side])
+        if has_target:
+            G, B = apply_target(G, B, T, G_T, hyper.target_lambda[side], config.removal)
+        X = _solve_factor(G, B, X_prev, warm, config.nonneg[side], config, hyper)
+    else:
+        G0, B0 = Gs, rhs
+        G = Gs + hyper.L2[side] * jnp.eye(Gs.shape[-1], dtype=Gs.dtype)
+        B = rhs - hyper.L1[side]
+        if has_target:
+            G, B = _masked_target(G, B, T, G_T, hyper.target_lambda[side], config.removal)
+        X = _solve_columns(G, B, X_prev, warm, config.nonneg[side], config, hyper)
     ub = hyper.upper_bound[side]
     X = jnp.where(ub > 0, jnp.minimum(X, ub), X)
     d, X = scale_rows(X, config.norm)
@@ -127,16 +174,21 @@ def step(problem: Problem, state: State, G_TH=None, G_TW=None) -> State:
     """One outer iteration (H update, W update, loss, convergence bookkeeping)."""
     config, hyper, data = problem.config, problem.hyper, problem.data
     warm = state.n_iter > 0
+    masked = config.masked
     # H side (index 1): RcppML applies the target to the H it solves for, which is diag(d_H) H (W unit-scaled).
     _, H, _, _ = _update(state.W, state.H, data.left(state.W), 1, warm, config, hyper,
-                         hyper.target_H, G_TH, config.target_H)
+                         hyper.target_H, G_TH, config.target_H, data.left_grams(state.W) if masked else None)
     d, W, G_w, B_w = _update(H, state.W, data.right(H), 0, warm, config, hyper,
-                             hyper.target_W, G_TW, config.target_W)
-    # Total SSE by the Gram identity, with the pre-penalty G and B of the W update (RcppML §4).
+                             hyper.target_W, G_TW, config.target_W, data.right_grams(H) if masked else None)
     dW = d[:, None] * W
-    cross = jnp.sum(dW * B_w)
-    fit = jnp.sum(jnp.dot(dW, dW.T, precision=_HIGHEST) * G_w)
-    loss = problem.sq_norm - 2 * cross + fit
+    if masked:
+        # SSE over observed entries; the Gram identity would need a per-entry weight, so form it directly.
+        loss = data.observed_sse(dW, H)
+    else:
+        # Total SSE by the Gram identity, with the pre-penalty G and B of the W update (RcppML §4).
+        cross = jnp.sum(dW * B_w)
+        fit = jnp.sum(jnp.dot(dW, dW.T, precision=_HIGHEST) * G_w)
+        loss = problem.sq_norm - 2 * cross + fit
     rel = jnp.abs(state.loss - loss) / (jnp.abs(state.loss) + 1e-15)
     checked = state.n_iter >= 1
     rel = jnp.where(checked, rel, jnp.asarray(jnp.inf, loss.dtype))
@@ -183,6 +235,9 @@ def _lambda_pair(lam: Any, config: Config, dtype: Any) -> jax.Array:
 @jax.jit
 def _solve_jit(problem: Problem) -> NMFModel:
     config, hyper = problem.config, problem.hyper
+    if config.masked != (getattr(problem.data, "mask", None) is not None):
+        raise ValueError(f"Config.masked is {config.masked} but the data {'lack' if config.masked else 'carry'} "
+                         "a mask; build problems with prepare()")
     dtype = problem.w_init.dtype
     m, n = problem.data.shape
     k = config.k
@@ -262,8 +317,17 @@ def prepare(
     layout: str = "auto",
     loop: str = "while",
     dtype: Any = None,
+    mask: Any = None,
 ) -> Problem:
     """Validate the arguments of ``nmf`` (same meaning) and build a ``Problem`` for ``solve``."""
+    V.check_choice(layout, "layout", ("auto", "dense", "sparse"))
+    dtype = jnp.dtype(_default_dtype() if dtype is None else dtype)
+    if dtype not in (jnp.float32, jnp.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("dtype=float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))")
+    # Before check_data: masked entries (and NaN, which is masked) are zeroed, so their values are never checked.
+    A, M = split_mask(A, mask, dtype.itemsize, layout)
     A = V.check_data(A)
     m, n = A.shape
     k = V.check_rank(k, m, n)
@@ -279,14 +343,8 @@ def prepare(
     V.check_choice(norm, "norm", NORMS)
     V.check_choice(removal, "removal", REMOVALS)
     V.check_choice(loop, "loop", LOOPS)
-    V.check_choice(layout, "layout", ("auto", "dense", "sparse"))
     if not isinstance(sort, (bool, np.bool_)):
         raise TypeError(f"sort must be a bool, got {sort!r}")
-    dtype = jnp.dtype(_default_dtype() if dtype is None else dtype)
-    if dtype not in (jnp.float32, jnp.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-        raise ValueError("dtype=float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))")
 
     TH = None if target_H is None else V.check_matrix(target_H, "target_H", (k, n))
     TW = None if target_W is None else V.check_matrix(target_W, "target_W", (m, k))
@@ -310,7 +368,8 @@ def prepare(
         raise ValueError("give either seed or w_init, not both")
     W0 = initial_w(seed if w_init is None else w_init, m, k, dtype)
     config = Config(k=k, maxit=maxit, solver=solver, norm=norm, sort=bool(sort), nonneg=nonneg, cd_maxit=cd_maxit,
-                    target_H=TH is not None, target_W=TW is not None, removal=removal, loop=loop)
+                    target_H=TH is not None, target_W=TW is not None, removal=removal, loop=loop,
+                    masked=M is not None)
     hyper = Hyper(
         tol=jnp.asarray(tol, dtype),
         L1=jnp.asarray(L1, dtype),
@@ -321,7 +380,7 @@ def prepare(
         target_H=None if TH is None else jnp.asarray(TH, dtype),
         target_W=None if TW is None else jnp.asarray(TW.T, dtype),
     )
-    data = prepare_data(A, dtype, layout)
+    data = prepare_data(A, dtype, layout, mask=M)
     return Problem(data=data, hyper=hyper, w_init=W0, sq_norm=jnp.asarray(squared_norm(A), dtype), config=config)
 
 
@@ -349,6 +408,7 @@ def nmf(
     layout: str = "auto",
     loop: str = "while",
     dtype: Any = None,
+    mask: Any = None,
 ) -> NMFModel:
     """Non-negative matrix factorization ``A ≈ w diag(d) h`` by alternating NNLS, as RcppML 1.0.0's ``nmf()``.
 
@@ -384,6 +444,13 @@ def nmf(
         loop: ``"while"`` stops at convergence (iterations after it cost nothing); ``"scan"`` runs ``maxit``
             masked steps, which reverse-mode autodiff can go through.
         dtype: float32 by default (like RcppML); float64 when jax x64 is enabled.
+        mask: entries of A to ignore (missing data): a boolean (or 0/1) array or scipy.sparse matrix of A's shape,
+            True = ignore. NaN entries of A are masked automatically (NaN is accepted only in this sense; inf in
+            an observed entry is still an error). Masked entries are never read: each column of an update solves
+            its own NNLS with ``G_j = F diag(o_j) F'``, ``b_j = F (o_j a_j)``; ``loss`` is the SSE over observed
+            entries. A masked fit runs on the dense layout (sparse A is densified when it fits in 4 GiB, otherwise
+            this raises), costs O(m n k^2) per iteration for the per-column Gram matrices, and a mask with no
+            True entry runs the plain fit.
 
     Deviations from RcppML (reference §18): ‖A‖² is summed exactly in float64 (RcppML's float32 sum is biased by
     ~5e-5 relative); the sort by d is stable; the sparse fused-CD iteration-0 quirk is not reproduced (x starts
@@ -392,7 +459,7 @@ def nmf(
     problem = prepare(A, k, tol=tol, maxit=maxit, seed=seed, w_init=w_init, L1=L1, L2=L2, nonneg=nonneg,
                       upper_bound=upper_bound, solver=solver, norm=norm, sort=sort, target_H=target_H,
                       target_W=target_W, target_lambda=target_lambda, removal=removal, cd_maxit=cd_maxit,
-                      cd_tol=cd_tol, layout=layout, loop=loop, dtype=dtype)
+                      cd_tol=cd_tol, layout=layout, loop=loop, dtype=dtype, mask=mask)
     model = solve(problem)
     _check_finite(model)
     return model
@@ -400,7 +467,8 @@ def nmf(
 
 def _check_finite(model: NMFModel) -> None:
     """Refuse to hand back a NaN model (e.g. a singular Gram matrix under Cholesky with nonneg=False)."""
-    finite = all(bool(jnp.all(jnp.isfinite(x))) for x in (model.w, model.d, model.h, model.loss))
+    # On the host: eager jnp ops here would compile once per new shape.
+    finite = all(bool(np.all(np.isfinite(np.asarray(x)))) for x in (model.w, model.d, model.h, model.loss))
     if not finite:
         raise FloatingPointError(
             f"the fit produced non-finite values by iteration {int(model.iter)}; the Gram matrix was probably "

@@ -13,7 +13,7 @@ A = np.abs(np.random.default_rng(0).standard_normal((20, 12)))
     ("data", "exc", "match"),
     [
         (-A, ValueError, "A contains negative"),
-        (np.where(A > 1.5, np.nan, A), ValueError, "A contains .* non-finite"),
+        (np.where(A > 1.5, -np.inf, A), ValueError, "A contains .* non-finite"),  # NaN is masked: test_mask.py
         (np.where(A > 1.5, np.inf, A), ValueError, "non-finite"),
         (np.zeros((0, 5)), ValueError, "A is empty"),
         (np.zeros((5, 0)), ValueError, "A is empty"),
@@ -67,11 +67,26 @@ def test_bad_arguments(kwargs, exc, match):
         jnmf.nmf(A, k, **kwargs)
 
 
-def test_singular_fit_raises_instead_of_returning_nan():
-    # Rank-1 data with k = 3 and no clipping: the W-update Gram matrix is singular in float32.
+def test_singular_gram_stays_finite():
+    # Rank-1 data with k = 3 and no clipping: the Gram matrices are singular in float32. RcppML's LLT returns
+    # undefined values here; jnmf falls back to the eigendecomposition and returns a finite model.
     rank1 = np.outer(np.arange(1, 9.0), np.arange(1, 7.0))
+    model = jnmf.nmf(rank1, 3, seed=1, nonneg=False, solver="cholesky", maxit=10)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in (model.w, model.d, model.h, model.loss))
+
+
+def test_non_finite_fit_raises_instead_of_returning_nan(monkeypatch):
+    from jnmf import _solve
+
+    real_solve = _solve.solve
+
+    def poisoned(problem, **kw):
+        model = real_solve(problem, **kw)
+        return model.replace(h=model.h.at[0, 0].set(np.nan))
+
+    monkeypatch.setattr(_solve, "solve", poisoned)
     with pytest.raises(FloatingPointError, match="non-finite"):
-        jnmf.nmf(rank1, 3, seed=1, nonneg=False, solver="cholesky")
+        jnmf.nmf(A, 2, seed=1, maxit=3)
 
 
 def test_integer_and_jax_input_accepted():

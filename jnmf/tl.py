@@ -1,0 +1,136 @@
+"""AnnData tools in scanpy's style: ``jnmf.tl.nmf(adata, k)`` writes the factorization into ``adata``.
+
+anndata is an optional dependency (``pip install jnmf[anndata]``); this module never imports it, it only uses the
+AnnData interface (``X``, ``layers``, ``obs``, ``obsm``, ``varm``, ``uns``, ``copy``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from . import _validate as V
+from ._solve import REMOVALS
+from ._solve import nmf as _nmf
+from ._targets import compute_target
+
+__all__ = ["nmf"]
+
+
+def nmf(
+    adata: Any,
+    k: int,
+    *,
+    layer: str | None = None,
+    labels_key: str | None = None,
+    batch_key: str | None = None,
+    target_lambda: float = 0.1,
+    removal: str = "project",
+    whiten: bool = True,
+    key_added: str = "nmf",
+    copy: bool = False,
+    **nmf_options: Any,
+) -> Any:
+    """Factorize ``adata`` (cells x genes) with ``jnmf.nmf`` on ``A = X'`` (genes x cells), as scanpy's ``tl.pca``.
+
+    Writes ``adata.obsm["X_" + key_added]`` = the cell embedding ``(diag(d) h)'`` (n_cells, k),
+    ``adata.varm[key_added + "_W"]`` = the gene loadings ``w`` (n_genes, k), columns summing to 1, and
+    ``adata.uns[key_added]`` = ``{"d", "iter", "loss", "loss_history", "converged", "params"}``.
+
+    Guidance (the vignette's two-step recipe, both fits from the same seed): ``labels_key`` names an ``obs`` column of
+    cell labels whose class structure is enriched (``target_lambda > 0`` with ``T = compute_target(base.h,
+    labels)``); ``batch_key`` names an ``obs`` column whose information is removed (``-target_lambda``,
+    ``removal``; ``"project"`` removes a fraction ``min(target_lambda, 1)`` of the batch-mean differences).
+    Missing labels leave a cell unguided. Give at most one of the two keys.
+
+    Args:
+        adata: an AnnData object with cells in rows.
+        k: rank.
+        layer: use ``adata.layers[layer]`` instead of ``adata.X``.
+        labels_key, batch_key: ``obs`` columns for enrichment or removal (see above).
+        target_lambda: guidance strength (>= 0; its sign comes from the key).
+        removal: removal mode for ``batch_key``: ``"project"`` (convergent) or ``"proj_adv"`` (RcppML).
+        whiten: OAS-ZCA whiten the target (``compute_target``).
+        key_added: prefix of the keys written.
+        copy: return a modified copy instead of writing into ``adata`` (which then returns None).
+        **nmf_options: passed to ``jnmf.nmf`` (``seed``, ``tol``, ``maxit``, ``solver``, ``L1``, ``L2``, ...).
+            ``seed=None`` draws one seed, recorded in ``uns[key_added]["params"]["seed"]``. ``mask`` (entries to
+            ignore) is given like X, cells x genes; NaN entries of X are masked automatically.
+    """
+    for attr in ("X", "obs", "obsm", "varm", "uns", "layers"):
+        if not hasattr(adata, attr):
+            raise TypeError(f"adata must be an AnnData object, got {type(adata).__name__} (no .{attr})")
+    if labels_key is not None and batch_key is not None:
+        raise ValueError("give labels_key (enrichment) or batch_key (removal), not both: nmf has one H target")
+    for name, value in (("target_H", "labels_key/batch_key"), ("target_lambda", "target_lambda")):
+        if name in nmf_options:
+            raise TypeError(f"{name} is set by tl.nmf from {value}; do not pass it in **nmf_options")
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
+    lam = V.check_real(target_lambda, "target_lambda", low=0.0)
+    V.check_choice(removal, "removal", REMOVALS)
+    if copy:
+        adata = adata.copy()
+
+    if layer is None:
+        X = adata.X
+    elif layer in adata.layers:
+        X = adata.layers[layer]
+    else:
+        raise KeyError(f"layer {layer!r} is not in adata.layers (have: {list(adata.layers.keys())})")
+    if X is None:
+        raise ValueError("adata.X is None; give layer=...")
+    key = labels_key if labels_key is not None else batch_key
+    labels = None
+    if key is not None:
+        if key not in adata.obs:
+            raise KeyError(f"{'labels_key' if labels_key is not None else 'batch_key'} {key!r} is not a column of "
+                           f"adata.obs (have: {list(adata.obs.columns)})")
+        labels = adata.obs[key]
+
+    seed = nmf_options.pop("seed", None)
+    if seed is None:  # one seed for both fits of the guided recipe, and recorded
+        seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+    A = X.T  # genes x cells; a scipy CSR X becomes CSC without a copy
+    if nmf_options.get("mask") is not None:  # given like X (cells x genes); nmf wants A's orientation
+        mask = nmf_options["mask"]
+        nmf_options["mask"] = mask.T if hasattr(mask, "T") else np.asarray(mask).T
+    model = _nmf(A, k, seed=seed, **nmf_options)
+    if labels is not None:
+        T = compute_target(model.h, labels, whiten=whiten)
+        signed = lam if labels_key is not None else -lam
+        model = _nmf(A, k, seed=seed, target_H=T, target_lambda=signed, removal=removal, **nmf_options)
+
+    adata.obsm["X_" + key_added] = np.asarray(model.embedding())
+    adata.varm[key_added + "_W"] = np.asarray(model.w)
+    guided = {"target_lambda": lam, "whiten": bool(whiten)} if key is not None else {}
+    if batch_key is not None:
+        guided["removal"] = removal
+    params = {"k": int(k), "layer": layer, "labels_key": labels_key, "batch_key": batch_key, **guided,
+              "seed": seed if isinstance(seed, numbers.Integral) else f"<{type(seed).__name__}>",
+              **_plain(nmf_options)}
+    adata.uns[key_added] = {
+        "d": np.asarray(model.d),
+        "iter": int(model.iter),
+        "loss": float(model.loss),
+        "loss_history": np.asarray(model.loss_history),
+        "converged": bool(model.converged),
+        # h5ad cannot store None: unset options are left out.
+        "params": {name: value for name, value in params.items() if value is not None},
+    }
+    return adata if copy else None
+
+
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    """nmf options as h5ad-writable values; array-valued ones (a mask, w_init) are recorded by their shape only."""
+    out = {}
+    for name, value in options.items():
+        if value is None or isinstance(value, (str, bool, numbers.Number)):
+            out[name] = value
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, (str, bool, numbers.Number)) for v in value):
+            out[name] = list(value)
+        else:
+            out[name] = f"<{type(value).__name__} of shape {np.shape(value)}>"
+    return out

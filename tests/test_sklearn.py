@@ -1,0 +1,160 @@
+"""scikit-learn estimators: check_estimator, equivalence with nmf() (samples in rows vs columns), guidance via y."""
+
+import warnings
+
+import jax
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils.estimator_checks import check_methods_subset_invariance, parametrize_with_checks
+
+import jnmf
+
+_FLOAT32_BATCH = (
+    "float32 arithmetic: transform of one sample and of a batch differ in the last bit (a matrix-vector vs a "
+    "matrix-matrix product sum in different orders), ~1e-7 relative; the check's atol=1e-7 is below float32 "
+    "resolution for entries ~5. It passes with jax x64 (test_subset_invariance_holds_in_float64)."
+)
+_NO_LABELS = (
+    "transform(X) has no labels, so it cannot apply the label guidance fit_transform(X, y) used; "
+    "transform(X, y) reproduces fit_transform(X, y) (test_guided_transform_with_labels_reproduces_fit_transform)."
+)
+
+
+def _expected_failures(estimator):
+    failures = {"check_methods_subset_invariance": _FLOAT32_BATCH}
+    if isinstance(estimator, jnmf.GuidedNMF):
+        failures.update(check_transformer_general=_NO_LABELS, check_transformer_data_not_an_array=_NO_LABELS)
+    return failures
+
+
+@parametrize_with_checks([jnmf.NMF(random_state=0), jnmf.GuidedNMF(random_state=0)],
+                         expected_failed_checks=_expected_failures)
+def test_sklearn_compatible_estimator(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+@pytest.mark.parametrize("estimator", [jnmf.NMF(random_state=0), jnmf.GuidedNMF(random_state=0)],
+                         ids=["NMF", "GuidedNMF"])
+def test_subset_invariance_holds_in_float64(estimator):
+    with jax.enable_x64(True):
+        check_methods_subset_invariance(type(estimator).__name__, estimator)
+
+
+def test_fit_transform_on_hawaiibirds_is_nmf_transposed(hawaiibirds):
+    A = hawaiibirds.A  # species x cells, as RcppML; scikit-learn gets cells x species
+    est = jnmf.NMF(8, random_state=42, solver="auto")
+    W = est.fit_transform(A.T)
+    model = jnmf.nmf(A, 8, seed=42)
+    assert W.shape == (1183, 8) and W.dtype == np.float64
+    np.testing.assert_array_equal(W, np.asarray(model.embedding()))
+    np.testing.assert_array_equal(est.components_, np.asarray(model.w).T)
+    np.testing.assert_allclose(est.components_.sum(1), 1.0, rtol=1e-5)
+    assert est.n_iter_ == int(model.iter) == 17 and est.n_components_ == 8 and est.n_features_in_ == 183
+    assert est.reconstruction_err_ == pytest.approx(np.sqrt(jnmf.evaluate(model, A) * A.shape[0] * A.shape[1]),
+                                                    rel=1e-9)
+    # X ≈ W H with W = fit_transform(X), H = components_
+    dense = A.T.toarray()
+    assert np.linalg.norm(dense - est.inverse_transform(W)) == pytest.approx(est.reconstruction_err_, rel=1e-5)
+
+
+def test_guided_estimator_is_the_vignette_recipe(hawaiibirds, hawaii_ref):
+    A, island = hawaiibirds.A, hawaiibirds.obs["island"]
+    est = jnmf.GuidedNMF(8, target_lambda=0.1, random_state=42, solver="auto")
+    W = est.fit_transform(A.T, island)
+    base = jnmf.nmf(A, 8, seed=42)
+    T = jnmf.compute_target(base.h, island)
+    guided = jnmf.nmf(A, 8, seed=42, target_H=T, target_lambda=0.1)
+    np.testing.assert_array_equal(W, np.asarray(guided.embedding()))
+    np.testing.assert_array_equal(np.asarray(est.base_model_.h), np.asarray(base.h))
+    # and so RcppML's vignette model (reference target010)
+    np.testing.assert_allclose(np.asarray(est.model_.h), hawaii_ref["target010_h"], rtol=0, atol=1e-5)
+    assert est.n_iter_ == int(hawaii_ref["target010_iter"]) == 15
+    assert list(est.classes_) == sorted(set(island))
+
+
+def test_guided_transform_with_labels_reproduces_fit_transform(hawaiibirds):
+    A, island = hawaiibirds.A, hawaiibirds.obs["island"]
+    est = jnmf.GuidedNMF(8, target_lambda=0.1, random_state=42, solver="auto")
+    W = est.fit_transform(A.T, island)
+    # measured 1.5e-3 against entries up to 11.8 (tol=1e-4), while the fit's own rescaling h_scale_ is 1.3-2.1
+    np.testing.assert_allclose(est.transform(A.T, island), W, rtol=0, atol=5e-4 * np.abs(W).max())
+    assert np.all(est.h_scale_ > 1.2)
+    # unseen and missing labels get a zero target column, not an error
+    labels = np.array(island, dtype=object)
+    labels[:5] = "Atlantis"
+    labels[5:10] = None
+    out = est.transform(A.T[:20], labels[:20])
+    assert out.shape == (20, 8) and np.all(np.isfinite(out))
+
+
+def test_removal_guidance_is_nmf_with_negative_lambda(hawaiibirds):
+    A, island = hawaiibirds.A, hawaiibirds.obs["island"]
+    est = jnmf.GuidedNMF(8, guidance="remove", target_lambda=0.5, random_state=42, solver="auto")
+    W = est.fit_transform(A.T, island)
+    base = jnmf.nmf(A, 8, seed=42)
+    T = jnmf.compute_target(base.h, island)
+    removed = jnmf.nmf(A, 8, seed=42, target_H=T, target_lambda=-0.5, removal="project")
+    np.testing.assert_array_equal(W, np.asarray(removed.embedding()))
+
+
+def test_exact_low_rank_data_round_trips_through_transform():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(size=(40, 3)) @ rng.uniform(size=(3, 25))
+    est = jnmf.NMF(3, tol=1e-8, max_iter=400, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        W = est.fit_transform(X)
+    assert np.linalg.norm(est.inverse_transform(W) - X) < 1e-3 * np.linalg.norm(X)
+    assert np.linalg.norm(est.inverse_transform(est.transform(X)) - X) < 1e-3 * np.linalg.norm(X)
+    # float32 input stays float32, sparse input gives the same fit
+    assert est.transform(X.astype(np.float32)).dtype == np.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sparse = clone(est).fit(sp.csr_matrix(X))
+    np.testing.assert_array_equal(sparse.components_, est.components_)
+
+
+def test_nan_entries_are_missing_values():
+    rng = np.random.default_rng(1)
+    X = rng.uniform(size=(40, 3)) @ rng.uniform(size=(3, 25))
+    missing = rng.uniform(size=X.shape) < 0.2
+    est = jnmf.NMF(3, random_state=0, max_iter=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        W = est.fit_transform(np.where(missing, np.nan, X))
+    filled = est.inverse_transform(W)
+    assert np.sqrt(np.mean((filled - X)[missing] ** 2)) < 1e-2 * np.sqrt(np.mean(X**2))
+    resid = (filled - X)[~missing]
+    assert est.reconstruction_err_ == pytest.approx(np.sqrt(np.sum(resid**2)), rel=1e-4)
+    assert np.all(np.isfinite(est.transform(np.where(missing, np.nan, X))))
+
+
+def test_parameter_and_input_errors():
+    X = np.abs(np.random.default_rng(2).normal(size=(10, 4)))
+    with pytest.raises(ValueError, match=r"n_components=5 must be <= min\(n_samples, n_features\)=4"):
+        jnmf.NMF(5).fit(X)
+    with pytest.raises(ValueError, match=r"Negative values in data passed to NMF \(input X\)"):
+        jnmf.NMF(2).fit(-X)
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        jnmf.NMF(2).fit(np.where(X > 1, np.inf, X))
+    with pytest.raises(InvalidParameterError, match="solver"):
+        jnmf.NMF(2, solver="mu").fit(X)
+    with pytest.raises(InvalidParameterError, match="guidance"):
+        jnmf.GuidedNMF(2, guidance="boost").fit(X, np.arange(10) % 2)
+    with pytest.raises(ValueError, match="requires y to be passed, but the target y is None"):
+        jnmf.GuidedNMF(2).fit(X)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        jnmf.GuidedNMF(2).fit(X, np.arange(9) % 2)
+    fitted = jnmf.NMF(2, random_state=0, max_iter=200).fit(X)
+    with pytest.raises(ValueError, match="X has 3 features, but NMF is expecting 4"):
+        fitted.transform(X[:, :3])
+    with pytest.raises(ValueError, match="X has 3 components"):
+        fitted.inverse_transform(np.ones((2, 3)))
+    with pytest.warns(ConvergenceWarning, match="Maximum number of iterations 200"):
+        jnmf.NMF(2, tol=0.0, max_iter=200, random_state=0).fit(X)  # tol = 0 never converges
