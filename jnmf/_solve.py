@@ -418,7 +418,7 @@ def nmf(
 
     Args:
         A: (m, n) non-negative data: numpy, jax or scipy.sparse. ``layout="auto"`` keeps dense input dense and
-            densifies sparse input only when it has >= 5% non-zeros and fits in 4 GiB; otherwise the sparse path
+            densifies sparse input only when it has >= 0.5% non-zeros and fits in 4 GiB; otherwise the sparse path
             runs in O(nnz k) memory and time per product, never forming the dense matrix.
         k: rank, ``1 <= k <= min(m, n)``.
         tol, maxit: stop when the relative change of the total squared error stays below ``tol`` for 5
