@@ -104,26 +104,23 @@ def cholesky_clip(G: ArrayLike, B: ArrayLike, *, nonneg: bool = True) -> jax.Arr
 
     Not an exact NNLS (the clip ignores the coupling between coordinates); kept because it is RcppML's
     default for k < 32 and reproduces its models. If the factorisation fails (G not numerically positive
-    definite), the solve falls back to G's eigendecomposition with eigenvalues floored at ``k eps max|mu|``.
+    definite), G + k eps tr(G) I is factored instead.
     """
     G = jnp.asarray(G)
     B = jnp.asarray(B)
     k = G.shape[0]
     L = jnp.linalg.cholesky(G)
-
-    def via_cholesky():
-        # Invert the k x k factor once and apply it with two GEMMs: XLA's CPU triangular solve with n right-hand
-        # sides was ~50x slower than a GEMM for k = 10, n = 14,000. Same maths as cho_solve up to rounding.
-        L_inv = solve_triangular(L, jnp.eye(k, dtype=G.dtype), lower=True)
-        return jnp.dot(L_inv.T, jnp.dot(L_inv, B, precision=_HIGHEST), precision=_HIGHEST)
-
-    def via_eigh():
-        # G is not numerically positive definite (e.g. PROJ_ADV's clipped Gram in float32, cond ~1e8): RcppML's
-        # LLT then returns undefined values; we solve on the eigenbasis with eigenvalues floored at the dtype's
-        # resolution instead, so the fit stays finite.
-        mu, V = jnp.linalg.eigh(G)
-        floor = jnp.maximum(jnp.max(jnp.abs(mu)), 1e-30) * k * jnp.finfo(G.dtype).eps
-        return jnp.dot(V / jnp.maximum(mu, floor), jnp.dot(V.T, B, precision=_HIGHEST), precision=_HIGHEST)
-
-    X = lax.cond(jnp.all(jnp.isfinite(L)), via_cholesky, via_eigh)
-    return jnp.maximum(X, 0) if nonneg else X
+    # G not numerically positive definite (e.g. PROJ_ADV's clipped Gram in float32, cond ~1e8): RcppML's LLT then
+    # returns undefined values; we factor G + k eps tr(G) I instead, so the fit stays finite. Both k x k
+    # factorisations are always computed (cheap) so that vmapped fits need no per-member branch.
+    jitter = k * jnp.finfo(G.dtype).eps * jnp.maximum(jnp.abs(jnp.trace(G)), jnp.finfo(G.dtype).tiny)
+    L_jittered = jnp.linalg.cholesky(G + jitter * jnp.eye(k, dtype=G.dtype))
+    L = jnp.where(jnp.all(jnp.isfinite(L)), L, L_jittered)
+    # Neither factor finite (e.g. G overflowed): poison the result so the driver reports it, never a silent zero.
+    L = jnp.where(jnp.all(jnp.isfinite(L)), L, jnp.nan)
+    # Invert the k x k factor once and apply it with two GEMMs: XLA's CPU triangular solve with n right-hand
+    # sides was ~50x slower than a GEMM for k = 10, n = 14,000. Same maths as cho_solve up to rounding.
+    L_inv = solve_triangular(L, jnp.eye(k, dtype=G.dtype), lower=True)
+    X = jnp.dot(L_inv.T, jnp.dot(L_inv, B, precision=_HIGHEST), precision=_HIGHEST)
+    # where() rather than maximum(): XLA's CPU max may turn NaN into 0 (as RcppML's SIMD clip does).
+    return jnp.where(X < 0, jnp.zeros_like(X), X) if nonneg else X

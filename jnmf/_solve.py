@@ -197,8 +197,38 @@ def step(problem: Problem, state: State, G_TH=None, G_TW=None) -> State:
     return State(W, H, d, loss, rel, patience, state.n_iter + 1, patience >= config.patience, history)
 
 
-def _running(state: State, maxit: int) -> jax.Array:
+def running(state: State, maxit: int) -> jax.Array:
+    """Whether a fit goes on: below maxit, not converged, loss finite."""
     return (state.n_iter < maxit) & ~state.converged & jnp.isfinite(state.loss)
+
+
+def init_state(problem: Problem, w_init: jax.Array | None = None) -> State:
+    """The state before the first iteration: the raw initial W (k, m) transposed, H = 0, d = 1."""
+    w0 = problem.w_init if w_init is None else w_init
+    dtype = w0.dtype
+    k, n = problem.config.k, problem.data.shape[1]
+    return State(
+        W=w0.T,
+        H=jnp.zeros((k, n), dtype),
+        d=jnp.ones((k,), dtype),
+        loss=jnp.zeros((), dtype),
+        rel=jnp.asarray(jnp.inf, dtype),
+        patience=jnp.zeros((), jnp.int32),
+        n_iter=jnp.zeros((), jnp.int32),
+        converged=jnp.zeros((), bool),
+        history=jnp.full((problem.config.maxit,), jnp.nan, dtype),
+    )
+
+
+def finish_model(problem: Problem, state: State, w_init: jax.Array | None = None) -> NMFModel:
+    """The model from a final state: components sorted by d descending (stable) when the config sorts."""
+    W, d, H = state.W, state.d, state.H
+    if problem.config.sort:
+        order = jnp.argsort(-d, stable=True)
+        W, d, H = W[order], d[order], H[order]
+    return NMFModel(w=W.T, d=d, h=H, iter=state.n_iter, loss=state.loss, loss_history=state.history,
+                    converged=state.converged, tol=state.rel,
+                    w_init=problem.w_init if w_init is None else w_init)
 
 
 def solve(problem: Problem, *, target_lambda: Any = None, L1: Any = None, L2: Any = None, tol: Any = None,
@@ -238,38 +268,20 @@ def _solve_jit(problem: Problem) -> NMFModel:
     if config.masked != (getattr(problem.data, "mask", None) is not None):
         raise ValueError(f"Config.masked is {config.masked} but the data {'lack' if config.masked else 'carry'} "
                          "a mask; build problems with prepare()")
-    dtype = problem.w_init.dtype
-    m, n = problem.data.shape
-    k = config.k
     G_TH = target_gram(hyper.target_H) if config.target_H else None
     G_TW = target_gram(hyper.target_W) if config.target_W else None
-    state = State(
-        W=problem.w_init.T,
-        H=jnp.zeros((k, n), dtype),
-        d=jnp.ones((k,), dtype),
-        loss=jnp.zeros((), dtype),
-        rel=jnp.asarray(jnp.inf, dtype),
-        patience=jnp.zeros((), jnp.int32),
-        n_iter=jnp.zeros((), jnp.int32),
-        converged=jnp.zeros((), bool),
-        history=jnp.full((config.maxit,), jnp.nan, dtype),
-    )
+    state = init_state(problem)
     if config.loop == "while":
-        state = lax.while_loop(lambda s: _running(s, config.maxit), lambda s: step(problem, s, G_TH, G_TW), state)
+        state = lax.while_loop(lambda s: running(s, config.maxit), lambda s: step(problem, s, G_TH, G_TW), state)
     else:
         # Fixed-length scan: reverse-mode differentiable; finished iterations are masked no-ops.
         def body(s, _):
             new = step(problem, s, G_TH, G_TW)
-            keep = _running(s, config.maxit)
+            keep = running(s, config.maxit)
             return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, s), None
 
         state, _ = lax.scan(body, state, None, length=config.maxit)
-    W, d, H = state.W, state.d, state.H
-    if config.sort:
-        order = jnp.argsort(-d, stable=True)
-        W, d, H = W[order], d[order], H[order]
-    return NMFModel(w=W.T, d=d, h=H, iter=state.n_iter, loss=state.loss, loss_history=state.history,
-                    converged=state.converged, tol=state.rel, w_init=problem.w_init)
+    return finish_model(problem, state)
 
 
 def _default_dtype() -> Any:

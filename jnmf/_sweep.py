@@ -47,7 +47,7 @@ from . import _validate as V
 from ._features import target_gram
 from ._model import NMFModel
 from ._rrng import r_runif_matrix
-from ._solve import Problem, State, prepare, step
+from ._solve import Problem, finish_model, init_state, prepare, running, step
 from ._targets import label_codes
 
 __all__ = ["SweepChunkWarning", "SweepResult", "class_separation", "prepare_differentiable", "sweep"]
@@ -203,37 +203,6 @@ def _initial_ws(kind: str, value: Any, is_axis: bool, problem: Problem) -> tuple
 # ---------------------------------------------------------------------------------------------------------------
 # the per-device queue
 # ---------------------------------------------------------------------------------------------------------------
-# The initial state and the finished model mirror ``_solve._solve_jit`` (tests compare every member with nmf()).
-
-
-def _init_state(problem: Problem, w0: jax.Array) -> State:
-    dtype = w0.dtype
-    k, n = problem.config.k, problem.data.shape[1]
-    return State(
-        W=w0.T,
-        H=jnp.zeros((k, n), dtype),
-        d=jnp.ones((k,), dtype),
-        loss=jnp.zeros((), dtype),
-        rel=jnp.asarray(jnp.inf, dtype),
-        patience=jnp.zeros((), jnp.int32),
-        n_iter=jnp.zeros((), jnp.int32),
-        converged=jnp.zeros((), bool),
-        history=jnp.full((problem.config.maxit,), jnp.nan, dtype),
-    )
-
-
-def _finish(problem: Problem, state: State, w0: jax.Array) -> NMFModel:
-    W, d, H = state.W, state.d, state.H
-    if problem.config.sort:
-        order = jnp.argsort(-d, stable=True)
-        W, d, H = W[order], d[order], H[order]
-    return NMFModel(w=W.T, d=d, h=H, iter=state.n_iter, loss=state.loss, loss_history=state.history,
-                    converged=state.converged, tol=state.rel, w_init=w0)
-
-
-def _running(state: State, maxit: int) -> jax.Array:
-    return (state.n_iter < maxit) & ~state.converged & jnp.isfinite(state.loss)
-
 
 def _select(mask: jax.Array, new: Any, old: Any) -> Any:
     """Per-lane ``where`` over a batched pytree (mask has the lane axis only)."""
@@ -254,18 +223,18 @@ def _device_queue(problem, lam, l1, l2, widx, n_valid, w0s, *, lanes: int):
         return step(problem.replace(hyper=h), state, G_TH, G_TW)
 
     def fresh(members):
-        return jax.vmap(lambda i: _init_state(problem, w0s[widx[i]]))(jnp.minimum(members, M - 1))
+        return jax.vmap(lambda i: init_state(problem, w0s[widx[i]]))(jnp.minimum(members, M - 1))
 
     lane_ids = jnp.arange(lanes, dtype=jnp.int32)
     member = jnp.where(lane_ids < n_valid, lane_ids, M)  # M marks an empty lane
-    template = jax.eval_shape(lambda: _finish(problem, _init_state(problem, w0s[0]), w0s[0]))
+    template = jax.eval_shape(lambda: finish_model(problem, init_state(problem, w0s[0]), w0s[0]))
     out = jax.tree.map(lambda s: jnp.zeros((M,) + s.shape, s.dtype), template)
     carry = (member, fresh(member), jnp.minimum(jnp.int32(lanes), n_valid), out)
 
     def harvest(carry, done):
         member, state, nxt, out = carry
         safe = jnp.minimum(member, M - 1)
-        models = jax.vmap(lambda i, s: _finish(problem, s, w0s[widx[i]]))(safe, state)
+        models = jax.vmap(lambda i, s: finish_model(problem, s, w0s[widx[i]]))(safe, state)
         target = jnp.where(done, member, M)  # out-of-range rows are dropped
         out = jax.tree.map(lambda o, v: o.at[target].set(v, mode="drop"), out, models)
         # Finished lanes take the next pending members in lane order.
@@ -279,8 +248,8 @@ def _device_queue(problem, lam, l1, l2, widx, n_valid, w0s, *, lanes: int):
         member, state, nxt, out = carry
         active = member < M
         new = jax.vmap(member_step)(jnp.minimum(member, M - 1), state)
-        state = _select(active & _running(state, config.maxit), new, state)
-        done = active & ~_running(state, config.maxit)
+        state = _select(active & running(state, config.maxit), new, state)
+        done = active & ~running(state, config.maxit)
         carry = (member, state, nxt, out)
         # Harvesting touches every lane's factors; most iterations finish nobody, so skip it then.
         return lax.cond(jnp.any(done), harvest, lambda c, _: c, carry, done)
