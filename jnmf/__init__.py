@@ -2,6 +2,7 @@
 
 from . import datasets, graph, tl
 from ._assess import AssessResult, assess
+from ._chunked import nmf_chunked
 from ._data import DenseData, SparseData
 from ._features import (
     apply_l1_l2,
@@ -13,6 +14,7 @@ from ._features import (
     target_gram,
 )
 from ._io import load, save
+from ._memory import estimate_memory
 from ._model import NMFModel, evaluate
 from ._nnls import cholesky_clip, nnls_cd, nnls_step
 from ._project import project
@@ -53,6 +55,8 @@ __all__ = [
     "evaluate",
     "gram",
     "nmf",
+    "nmf_chunked",
+    "estimate_memory",
     "nnls_cd",
     "nnls_step",
     "prepare",

@@ -1,8 +1,10 @@
-"""The data matrix A (m x n) as seen by the solver: dense, or sparse in two sorted coordinate layouts.
+"""The data matrix A (m x n) as seen by the solver: dense, or sparse in a blocked, padded column layout.
 
 Both layouts provide the two products of an alternating update, ``F A`` (k x n, for the H update) and
-``H A'`` (k x m, for the W update), inside jit. The sparse layout never forms a dense m x n array: each product
-is a gather of k-vectors per non-zero followed by a sorted segment sum, O(nnz k) time and memory.
+``H A'`` (k x m, for the W update), inside jit. The sparse layout never forms a dense m x n array: it stores A by
+columns and by rows as ``EllBlocks`` (each column cut into pieces of at most L non-zeros, padded to L), and each
+product gathers the k-vectors of one block of pieces at a time and reduces them, O(nnz k) time and
+O(nnz + block k) memory.
 
 A dense matrix may carry a mask of entries to ignore (missing data). Its A holds 0 at masked entries, so the
 products above are ``F (O * A)`` and ``H (O * A)'`` with O = 1 - mask, and it adds the per-column Gram matrices
@@ -20,12 +22,16 @@ import numpy as np
 import scipy.sparse as sp
 from jax import lax
 
+from ._memory import default_budget, estimate_memory, gib
+
 _HIGHEST = lax.Precision.HIGHEST
 
-# XLA's CPU gather/segment-sum costs ~10-20 ns per (non-zero x k) against ~0.3 ns per (entry x k) for a dense
-# GEMM: on a 14,000 x 2,600 matrix at k = 20 the dense products were still 3-4x faster at 2% non-zeros. So sparse
-# input is densified whenever that fits, unless it is sparser than 0.5%.
-_DENSE_DENSITY = 0.005
+# Crossover of the blocked sparse products (EllBlocks) with the dense GEMM, whole iterations at k = 20 on a 2-core
+# CPU (ms sparse/dense): 4,000 x 20,000 at 3% 17/31, 5% 26/32, 8% 38/31; 14,000 x 2,600 at 3% 9/14, 5% 12/15,
+# 8% 19/15, 15% 34/15. So sparse input is densified when it has >= 6% non-zeros and the dense working set fits
+# the memory budget (``_memory``). (The former gather + segment sum over all non-zeros lost to the GEMM down to
+# ~0.5%.)
+_DENSE_DENSITY = 0.06
 _DENSE_BYTES_LIMIT = 4 * 2**30
 
 
@@ -36,6 +42,8 @@ class DenseData:
 
     A: jax.Array
     mask: jax.Array | None = None
+    # Columns of A that are data when A was padded for a device mesh (``shard_columns``); None: all of them.
+    n_valid: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -71,26 +79,92 @@ class DenseData:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class SparseData:
-    """A sparse (m, n) data matrix stored twice: column-sorted (CSC order) and row-sorted (CSR order)."""
+class EllBlocks:
+    """One orientation of a sparse matrix for ``X M`` products, in blocked, padded (ELL) "virtual columns".
 
-    col_vals: jax.Array
-    col_rows: jax.Array
-    col_cols: jax.Array
-    row_vals: jax.Array
-    row_rows: jax.Array
-    row_cols: jax.Array
+    Column j of M (its c_j non-zeros in row order) is cut into ``ceil(c_j / L)`` virtual columns of at most L
+    entries; ``idx``/``val`` (nb, B, L) hold their row indices and values in blocks of B virtual columns (padding:
+    value 0, index 0), ``owner`` (nb * B,) the column each virtual column belongs to (sorted; padding: the last).
+    """
+
+    idx: jax.Array
+    val: jax.Array
+    owner: jax.Array
+    n_cols: int = dataclasses.field(metadata=dict(static=True))
+
+    def times(self, X: jax.Array) -> jax.Array:
+        """``X M`` for X (k, q) → (k, n_cols)."""
+        X = jnp.asarray(X)
+        XT = X.T
+        # One block at a time: the gathered (B, L, k) rows of X' stay small and are reduced at once. On a 2-core
+        # CPU the 14,000 x 2,600 (15%) products ran in 16 + 16 ms this way, against 150 + 470 ms for one gather of
+        # all (nnz, k) rows followed by a segment sum over non-zeros, and 18 + 29 ms with an einsum in place of
+        # the multiply-and-sum (which XLA fuses with the gather); the segment sum left is over pieces only.
+        parts = lax.map(lambda b: jnp.sum(b[0][..., None] * XT[b[1]], axis=1), (self.val, self.idx))
+        k = X.shape[0]
+        out = jax.ops.segment_sum(parts.reshape(-1, k), self.owner, num_segments=self.n_cols,
+                                  indices_are_sorted=True)
+        return out.T
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SparseData:
+    """A sparse (m, n) data matrix stored twice: by columns (for ``F A``) and by rows (for ``H A'``)."""
+
+    cols: EllBlocks  # A's columns: F A
+    rows: EllBlocks  # A's rows (the columns of A'): H A'
     shape: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
 
     def left(self, F: jax.Array) -> jax.Array:
-        contrib = self.col_vals[:, None] * F.T[self.col_rows]
-        out = jax.ops.segment_sum(contrib, self.col_cols, num_segments=self.shape[1], indices_are_sorted=True)
-        return out.T
+        """``F A`` for F (k, m) → (k, n)."""
+        return self.cols.times(F)
 
     def right(self, H: jax.Array) -> jax.Array:
-        contrib = self.row_vals[:, None] * H.T[self.row_cols]
-        out = jax.ops.segment_sum(contrib, self.row_rows, num_segments=self.shape[0], indices_are_sorted=True)
-        return out.T
+        """``H A'`` for H (k, n) → (k, m)."""
+        return self.rows.times(H)
+
+
+# Entries per block (B * L): the block sizes that ran fastest on CPU were 1e5 - 4e5 entries (temp of ~10-30 MB
+# for k = 20); smaller blocks pay the loop overhead, larger ones the memory traffic of one big gather.
+_BLOCK_ENTRIES = 2**17
+
+
+def _ell_blocks(csc: sp.csc_matrix, dtype: Any, bucket: bool = False) -> EllBlocks:
+    """``EllBlocks`` of a CSC matrix with sorted indices. The width L minimises the padded size over a few
+    quantiles of the column counts (padding < L per column, so at most ~3x nnz with L = the median count).
+    ``bucket`` rounds L and the block count up to powers of two (fewer distinct shapes, fewer compiles)."""
+    m, n = csc.shape
+    counts = np.diff(csc.indptr).astype(np.int64)
+    nonzero = counts[counts > 0]
+    if nonzero.size == 0:
+        widths = [1]
+    else:
+        widths = sorted({max(1, int(np.ceil(np.quantile(nonzero, q)))) for q in (0.5, 0.75, 0.9, 0.95, 0.99, 1.0)})
+    if bucket:
+        widths = sorted({1 << (w - 1).bit_length() for w in widths})
+    size = [int(np.sum(-(-counts // w))) * w for w in widths]
+    L = widths[int(np.argmin(size))]
+    n_virtual = -(-counts // L)
+    n_v = max(int(n_virtual.sum()), 1)
+    B = max(1, min(n_v, _BLOCK_ENTRIES // L))
+    nb = -(-n_v // B)
+    if bucket:
+        nb = 1 << (nb - 1).bit_length()
+    total = nb * B
+    # Entry p of column j goes to virtual column start_j + p // L, slot p % L.
+    col_of = np.repeat(np.arange(n), counts)
+    pos = np.arange(csc.nnz) - np.repeat(csc.indptr[:-1], counts)
+    start = np.concatenate([[0], np.cumsum(n_virtual)[:-1]])
+    v = start[col_of] + pos // L
+    idx = np.zeros((total, L), np.int32)
+    val = np.zeros((total, L), dtype)
+    idx[v, pos % L] = csc.indices
+    val[v, pos % L] = csc.data
+    owner = np.full(total, n - 1, np.int32)
+    owner[: int(n_virtual.sum())] = np.repeat(np.arange(n, dtype=np.int32), n_virtual)
+    return EllBlocks(idx=jnp.asarray(idx.reshape(nb, B, L)), val=jnp.asarray(val.reshape(nb, B, L)),
+                     owner=jnp.asarray(owner), n_cols=n)
 
 
 def _masked_grams(F: jax.Array, O: jax.Array) -> jax.Array:
@@ -105,35 +179,52 @@ def _masked_grams(F: jax.Array, O: jax.Array) -> jax.Array:
     return jnp.moveaxis(G, -1, 0) + 1e-15 * jnp.eye(k, dtype=F.dtype)
 
 
-def _sparse_from_scipy(A: sp.spmatrix | sp.sparray, dtype: Any) -> SparseData:
+def _sparse_from_scipy(A: sp.spmatrix | sp.sparray, dtype: Any, bucket: bool = False) -> SparseData:
     csc = sp.csc_matrix(A)
     csc.sum_duplicates()
     csc.sort_indices()
-    cols = np.repeat(np.arange(csc.shape[1], dtype=np.int32), np.diff(csc.indptr))
-    csr = csc.tocsr()
-    csr.sort_indices()
-    rows = np.repeat(np.arange(csr.shape[0], dtype=np.int32), np.diff(csr.indptr))
-    return SparseData(
-        col_vals=jnp.asarray(csc.data, dtype),
-        col_rows=jnp.asarray(csc.indices, jnp.int32),
-        col_cols=jnp.asarray(cols),
-        row_vals=jnp.asarray(csr.data, dtype),
-        row_rows=jnp.asarray(rows),
-        row_cols=jnp.asarray(csr.indices, jnp.int32),
-        shape=tuple(int(s) for s in csc.shape),
-    )
+    csr_t = sp.csc_matrix(csc.T)  # A' by columns = A by rows
+    csr_t.sort_indices()
+    return SparseData(cols=_ell_blocks(csc, dtype, bucket), rows=_ell_blocks(csr_t, dtype, bucket),
+                      shape=tuple(int(s) for s in csc.shape))
 
 
-def choose_layout(A: Any, layout: str, itemsize: int) -> str:
-    """Resolve ``layout="auto"``: dense for dense input, or sparse input that is dense enough and fits."""
-    if layout != "auto":
-        return layout
-    if not sp.issparse(A):
-        return "dense"
+def choose_layout(A: Any, layout: str, itemsize: int, k: int = 1, max_memory_bytes: int | None = None) -> str:
+    """Resolve ``layout="auto"`` against a memory budget, and check that the chosen layout fits.
+
+    ``"auto"`` prefers dense for dense input and for sparse input with >= 6% non-zeros, sparse otherwise; when
+    the preferred layout's working set (``estimate_memory`` at rank k) exceeds ``max_memory_bytes`` (default: half
+    of physical memory) it takes the other one. Raises ``MemoryError`` naming both sizes when nothing fits, or
+    when an explicit ``"dense"``/``"sparse"`` does not fit.
+    """
+    budget = default_budget() if max_memory_bytes is None else int(max_memory_bytes)
     m, n = A.shape
-    density = A.nnz / max(m * n, 1)
-    fits = m * n * itemsize <= _DENSE_BYTES_LIMIT
-    return "dense" if fits and density >= _DENSE_DENSITY else "sparse"
+    dtype = {4: np.float32, 8: np.float64}[itemsize]
+    nnz = None
+
+    def need(lay: str) -> int:
+        nonlocal nnz
+        if lay == "sparse" and nnz is None:
+            nnz = int(A.nnz) if sp.issparse(A) else int(np.count_nonzero(np.asarray(A)))
+        return estimate_memory(m, n, k, nnz, lay, dtype)
+
+    if layout != "auto":
+        if need(layout) > budget:
+            raise MemoryError(f"layout={layout!r}: the fit of A ({m} x {n}, k={k}) needs about "
+                              f"{gib(need(layout))}, above the memory budget of {gib(budget)} (max_memory_bytes); "
+                              "try the other layout, nmf_chunked, or a larger budget")
+        return layout
+    if sp.issparse(A):
+        density = A.nnz / max(m * n, 1)
+        order = ("dense", "sparse") if density >= _DENSE_DENSITY else ("sparse", "dense")
+    else:
+        order = ("dense", "sparse")
+    for lay in order:
+        if need(lay) <= budget:
+            return lay
+    raise MemoryError(f"A ({m} x {n}, {nnz} non-zeros, k={k}) fits in neither layout: dense needs about "
+                      f"{gib(need('dense'))}, sparse about {gib(need('sparse'))}, above the memory budget of "
+                      f"{gib(budget)} (max_memory_bytes); fit it from column chunks on disk with nmf_chunked")
 
 
 def split_mask(A: Any, mask: Any, itemsize: int, layout: str = "auto") -> tuple[Any, np.ndarray | None]:
@@ -185,21 +276,61 @@ def _check_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray:
     return M
 
 
-def prepare_data(A: Any, dtype: Any, layout: str = "auto", mask: np.ndarray | None = None) -> DenseData | SparseData:
-    """Convert validated input to the solver's layout (``"auto"``, ``"dense"`` or ``"sparse"``).
+def prepare_data(A: Any, dtype: Any, layout: str = "auto", mask: np.ndarray | None = None, k: int = 1,
+                 max_memory_bytes: int | None = None) -> DenseData | SparseData:
+    """Convert validated input to the solver's layout (``"auto"``, ``"dense"`` or ``"sparse"``; see
+    ``choose_layout`` for the memory budget at rank k).
 
     With a boolean ``mask`` (from ``split_mask``; A already 0 at masked entries) the layout is always dense.
     """
     if mask is not None:
         dense = A.toarray() if sp.issparse(A) else A
         return DenseData(jnp.asarray(dense, dtype), jnp.asarray(mask, bool))
-    layout = choose_layout(A, layout, np.dtype(dtype).itemsize)
+    if layout not in ("auto", "dense", "sparse"):
+        raise ValueError(f"layout must be 'auto', 'dense' or 'sparse', got {layout!r}")
+    layout = choose_layout(A, layout, np.dtype(dtype).itemsize, k, max_memory_bytes)
     if layout == "dense":
         dense = A.toarray() if sp.issparse(A) else A
         return DenseData(jnp.asarray(dense, dtype))
-    if layout == "sparse":
-        return _sparse_from_scipy(A if sp.issparse(A) else sp.csc_matrix(np.asarray(A)), dtype)
-    raise ValueError(f"layout must be 'auto', 'dense' or 'sparse', got {layout!r}")
+    return _sparse_from_scipy(A if sp.issparse(A) else sp.csc_matrix(np.asarray(A)), dtype)
+
+
+def shard_columns(A: Any, dtype: Any, devices: Any) -> DenseData:
+    """A (m, n) (numpy or scipy.sparse, on the host) as a dense A whose columns (samples) are split across a 1-D
+    mesh ``("cols",)`` of ``devices``; see ``prepare(devices=...)``.
+
+    Each device's block is built from its own column slice (``jax.make_array_from_callback``), so neither the
+    host nor any device ever holds the whole dense matrix, and under ``jax.distributed.initialize()`` each process
+    fills only its own devices' blocks. n is padded with zero columns to a multiple of the device count
+    (``n_valid`` keeps the true n; ``solve`` drops the padded columns of h). A zero column of A gives ``F A`` a zero
+    column, whose NNLS solution is 0 for every solver when H has no L1 with ``nonneg=False`` and no target
+    (``prepare`` refuses those), and zero columns of H add exactly 0 to ``H A'``, ``H H'``, the row norms and the
+    loss: the padded fit is the unpadded one.
+    """
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    devices = list(devices)
+    mesh = Mesh(np.asarray(devices, dtype=object), ("cols",))
+    m, n = A.shape
+    n_pad = n + (-n % len(devices))
+    csc = sp.csc_matrix(A) if sp.issparse(A) else None
+    dense = None if csc is not None else np.asarray(A)
+
+    def block(index: tuple[slice, slice]) -> np.ndarray:
+        cols = index[1]
+        start, stop = cols.start or 0, n_pad if cols.stop is None else cols.stop
+        out = np.zeros((m, stop - start), dtype)
+        lo, hi = min(start, n), min(stop, n)
+        if hi > lo:
+            out[:, : hi - lo] = csc[:, lo:hi].toarray() if csc is not None else dense[:, lo:hi]
+        return out[index[0]]
+
+    # jit follows its inputs' shardings: with A split by columns, XLA's partitioner keeps F A and H split the same
+    # way and turns the k x m and k x k reductions over samples (H A', H H', the norms of H, the loss) into
+    # all-reduces; no all-gather of A or H (tests/test_scale.py checks the compiled program).
+    arr = jax.make_array_from_callback((m, n_pad), NamedSharding(mesh, P(None, "cols")), block)
+    return DenseData(arr, n_valid=n)
 
 
 def squared_norm(A: Any) -> float:

@@ -33,7 +33,7 @@ import numpy as np
 from jax import lax
 
 from . import _validate as V
-from ._data import DenseData, SparseData, prepare_data, split_mask, squared_norm
+from ._data import DenseData, SparseData, prepare_data, shard_columns, split_mask, squared_norm
 from ._features import (
     apply_l1_l2,
     apply_target,
@@ -43,6 +43,7 @@ from ._features import (
     scale_rows,
     target_gram,
 )
+from ._memory import default_budget, estimate_memory, gib
 from ._model import NMFModel
 from ._nnls import cholesky_clip, nnls_cd, nnls_step
 from ._rrng import r_runif_matrix
@@ -189,12 +190,18 @@ def step(problem: Problem, state: State, G_TH=None, G_TW=None) -> State:
         cross = jnp.sum(dW * B_w)
         fit = jnp.sum(jnp.dot(dW, dW.T, precision=_HIGHEST) * G_w)
         loss = problem.sq_norm - 2 * cross + fit
+    return advance(state, W, H, d, loss, hyper.tol, config.patience)
+
+
+def advance(state: State, W: jax.Array, H: jax.Array, d: jax.Array, loss: jax.Array, tol: jax.Array,
+            patience_limit: int) -> State:
+    """The convergence bookkeeping of one iteration (RcppML's rule) after its updates gave W, H, d and loss."""
     rel = jnp.abs(state.loss - loss) / (jnp.abs(state.loss) + 1e-15)
     checked = state.n_iter >= 1
     rel = jnp.where(checked, rel, jnp.asarray(jnp.inf, loss.dtype))
-    patience = jnp.where(checked & (rel < hyper.tol), state.patience + 1, jnp.zeros_like(state.patience))
+    patience = jnp.where(checked & (rel < tol), state.patience + 1, jnp.zeros_like(state.patience))
     history = state.history.at[state.n_iter].set(loss)
-    return State(W, H, d, loss, rel, patience, state.n_iter + 1, patience >= config.patience, history)
+    return State(W, H, d, loss, rel, patience, state.n_iter + 1, patience >= patience_limit, history)
 
 
 def running(state: State, maxit: int) -> jax.Array:
@@ -251,7 +258,11 @@ def solve(problem: Problem, *, target_lambda: Any = None, L1: Any = None, L2: An
         problem = problem.replace(hyper=dataclasses.replace(hyper, **changes))
     if w_init is not None:
         problem = problem.replace(w_init=jnp.asarray(w_init, problem.w_init.dtype))
-    return _solve_jit(problem)
+    model = _solve_jit(problem)
+    n_valid = getattr(problem.data, "n_valid", None)
+    if n_valid is not None and n_valid != problem.data.shape[1]:
+        model = dataclasses.replace(model, h=model.h[:, :n_valid])  # drop the mesh padding (shard_columns)
+    return model
 
 
 def _lambda_pair(lam: Any, config: Config, dtype: Any) -> jax.Array:
@@ -330,8 +341,21 @@ def prepare(
     loop: str = "while",
     dtype: Any = None,
     mask: Any = None,
+    devices: Any = None,
+    max_memory_bytes: int | None = None,
 ) -> Problem:
-    """Validate the arguments of ``nmf`` (same meaning) and build a ``Problem`` for ``solve``."""
+    """Validate the arguments of ``nmf`` (same meaning) and build a ``Problem`` for ``solve``.
+
+    ``devices`` (a sequence of ``jax.Device``) shards the fit's samples: A's columns, and so H's, are split
+    across a 1-D ``jax.sharding.Mesh(devices, ("cols",))`` (``shard_columns``), and the one jit-compiled driver
+    runs partitioned by XLA: the H update is local to each device, and ``H A'`` (k x m), ``H H'`` (k x k), the
+    norms of H and the loss are summed across devices. The same code runs across hosts after
+    ``jax.distributed.initialize()`` with ``devices=jax.devices()`` (every process calls ``prepare`` with the same
+    A; each fills only its own devices' column blocks). Sharded fits use the dense layout per device and
+    support neither a mask nor ``target_H`` nor L1 on H with ``nonneg`` off for H (the zero columns padding n to
+    a multiple of the device count must stay zero). ``max_memory_bytes``: the budget that ``layout="auto"``
+    chooses against and that any layout must fit (``estimate_memory``); per device when ``devices`` is given.
+    """
     V.check_choice(layout, "layout", ("auto", "dense", "sparse"))
     dtype = jnp.dtype(_default_dtype() if dtype is None else dtype)
     if dtype not in (jnp.float32, jnp.float64):
@@ -345,6 +369,8 @@ def prepare(
     k = V.check_rank(k, m, n)
     maxit = V.check_int(maxit, "maxit", 1)
     cd_maxit = V.check_int(cd_maxit, "cd_maxit", 1)
+    if max_memory_bytes is not None:
+        max_memory_bytes = V.check_int(max_memory_bytes, "max_memory_bytes", 1)
     tol = V.check_real(tol, "tol", low=0.0)
     cd_tol = V.check_real(cd_tol, "cd_tol", low=0.0)
     L1 = V.check_pair(L1, "L1", low=0.0, high=1.0, high_open=True)
@@ -392,8 +418,41 @@ def prepare(
         target_H=None if TH is None else jnp.asarray(TH, dtype),
         target_W=None if TW is None else jnp.asarray(TW.T, dtype),
     )
-    data = prepare_data(A, dtype, layout, mask=M)
+    if devices is None:
+        data = prepare_data(A, dtype, layout, mask=M, k=k, max_memory_bytes=max_memory_bytes)
+    else:
+        data = _sharded_data(A, dtype, layout, M, TH, L1, nonneg, k, devices, max_memory_bytes)
     return Problem(data=data, hyper=hyper, w_init=W0, sq_norm=jnp.asarray(squared_norm(A), dtype), config=config)
+
+
+def _sharded_data(A, dtype, layout, M, TH, L1, nonneg, k, devices, max_memory_bytes) -> DenseData:
+    devices = list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise ValueError(f"devices must be a non-empty sequence of jax.Device, got {devices!r}")
+    if layout == "sparse":
+        raise ValueError("devices: sharded fits use the dense layout on each device; got layout='sparse'")
+    if M is not None:
+        raise ValueError("devices: sharded fits do not support a mask (or NaN entries in A)")
+    if TH is not None:
+        raise ValueError("devices: sharded fits do not support target_H (it couples all samples)")
+    if L1[1] > 0 and not nonneg[1]:
+        raise ValueError("devices: sharded fits do not support L1 on H with nonneg=False for H")
+    m, n = A.shape
+    per_device = estimate_memory(m, -(-n // len(devices)), k, None, "dense", dtype)
+    if max_memory_bytes is None:
+        # Host-platform devices share the host's memory; an accelerator has its own.
+        budget = default_budget() // len(devices)
+        if devices[0].platform != "cpu":
+            try:
+                budget = int(devices[0].memory_stats()["bytes_limit"]) // 2
+            except Exception:  # backends that do not report memory keep the host-based budget
+                pass
+    else:
+        budget = int(max_memory_bytes)
+    if per_device > budget:
+        raise MemoryError(f"devices: A ({m} x {n}, k={k}) over {len(devices)} devices needs about "
+                          f"{gib(per_device)} per device, above the budget of {gib(budget)} (max_memory_bytes)")
+    return shard_columns(A, dtype, devices)
 
 
 def nmf(
@@ -421,6 +480,8 @@ def nmf(
     loop: str = "while",
     dtype: Any = None,
     mask: Any = None,
+    devices: Any = None,
+    max_memory_bytes: int | None = None,
 ) -> NMFModel:
     """Non-negative matrix factorization ``A ≈ w diag(d) h`` by alternating NNLS, as RcppML 1.0.0's ``nmf()``.
 
@@ -430,8 +491,10 @@ def nmf(
 
     Args:
         A: (m, n) non-negative data: numpy, jax or scipy.sparse. ``layout="auto"`` keeps dense input dense and
-            densifies sparse input only when it has >= 0.5% non-zeros and fits in 4 GiB; otherwise the sparse path
-            runs in O(nnz k) memory and time per product, never forming the dense matrix.
+            densifies sparse input only when it has >= 6% non-zeros, each only when its working set fits the
+            memory budget (``max_memory_bytes``, default half of physical memory; ``estimate_memory``), else the
+            other layout; ``MemoryError`` when neither fits. The sparse path runs in O(nnz k) memory and time per
+            product, never forming the dense matrix.
         k: rank, ``1 <= k <= min(m, n)``.
         tol, maxit: stop when the relative change of the total squared error stays below ``tol`` for 5
             consecutive iterations (RcppML's rule), or after ``maxit`` iterations.
@@ -463,6 +526,8 @@ def nmf(
             entries. A masked fit runs on the dense layout (sparse A is densified when it fits in 4 GiB, otherwise
             this raises), costs O(m n k^2) per iteration for the per-column Gram matrices, and a mask with no
             True entry runs the plain fit.
+        devices: shard the samples (columns of A, H) across these devices (see ``prepare``); one fit.
+        max_memory_bytes: memory budget of the fit in bytes (per device with ``devices``).
 
     Deviations from RcppML (reference §18): ‖A‖² is summed exactly in float64 (RcppML's float32 sum is biased by
     ~5e-5 relative); the sort by d is stable; the sparse fused-CD iteration-0 quirk is not reproduced (x starts
@@ -471,7 +536,8 @@ def nmf(
     problem = prepare(A, k, tol=tol, maxit=maxit, seed=seed, w_init=w_init, L1=L1, L2=L2, nonneg=nonneg,
                       upper_bound=upper_bound, solver=solver, norm=norm, sort=sort, target_H=target_H,
                       target_W=target_W, target_lambda=target_lambda, removal=removal, cd_maxit=cd_maxit,
-                      cd_tol=cd_tol, layout=layout, loop=loop, dtype=dtype, mask=mask)
+                      cd_tol=cd_tol, layout=layout, loop=loop, dtype=dtype, mask=mask,
+                      devices=devices, max_memory_bytes=max_memory_bytes)
     model = solve(problem)
     _check_finite(model)
     return model

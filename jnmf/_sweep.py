@@ -278,17 +278,14 @@ def _footprint(problem: Problem) -> tuple[int, int]:
 
     A lane holds the iterate W (k, m), H (k, n) and its candidate successor, the products F A (k, n) and H A'
     (k, m), the solver's right-hand side and solution (and CD residual), and the loss history: about
-    8 k (m + n) + maxit values, with the sparse layout's gathered (nnz, k) products and masked data's per-column
-    and per-row Gram matrices on top. XLA's own temp allocation for hawaiibirds is ~2.6 k (m + n) per lane, so
-    this errs on the safe side; ``sweep`` checks XLA's count after compiling.
+    8 k (m + n) + maxit values, with masked data's per-column and per-row Gram matrices on top (the sparse layout
+    gathers one block of its non-zeros at a time, so it adds little). XLA's own temp allocation for hawaiibirds
+    is ~2.6 k (m + n) per lane, so this errs on the safe side; ``sweep`` checks XLA's count after compiling.
     """
     m, n = problem.data.shape
     k, maxit = problem.config.k, problem.config.maxit
     item = jnp.dtype(problem.w_init.dtype).itemsize
     lane = 8 * k * (m + n) + 6 * k * k + 2 * maxit + m * k
-    nnz = getattr(problem.data, "col_vals", None)
-    if nnz is not None:
-        lane += 2 * int(nnz.shape[0]) * k
     if getattr(problem.config, "masked", False):  # one k x k Gram matrix per column and per row, and solves
         lane += 3 * (m + n) * k * k
     member = 2 * m * k + k * n + k + maxit + 8

@@ -1,0 +1,206 @@
+"""Scale: one fit sharded across devices, memory budgets and layouts, fits streamed from column chunks on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import jnmf
+from jnmf._memory import estimate_memory
+
+FIELDS = ("w", "d", "h")
+
+
+def _max_rel(a, b):
+    """Largest |a - b| per field, relative to the field's largest magnitude."""
+    out = 0.0
+    for f in FIELDS + ("loss",):
+        x, y = np.asarray(getattr(a, f)), np.asarray(getattr(b, f))
+        out = max(out, float(np.max(np.abs(x - y)) / np.max(np.abs(y))))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sparse and dense layouts give the same model
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_sparse_and_dense_layouts_same_model_on_fixtures(toy_ref, hawaiibirds):
+    # float32 (the default) on hawaiibirds: w and h are unit-scaled (atol), d carries the data's scale (rtol).
+    dense = jnmf.nmf(hawaiibirds.A, 8, seed=42, layout="dense")
+    sparse = jnmf.nmf(hawaiibirds.A, 8, seed=42, layout="sparse")
+    assert int(dense.iter) == int(sparse.iter)
+    for f in ("w", "h"):
+        np.testing.assert_allclose(np.asarray(getattr(sparse, f)), np.asarray(getattr(dense, f)), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(sparse.d), np.asarray(dense.d), rtol=1e-4)
+    # The toy fit's relative loss change sits at tol near the end, so float32 rounding of the products can move
+    # its stop by one iteration (32 vs 33); in float64 both layouts give the same iterations and model.
+    with jax.enable_x64(True):
+        A = sp.csc_matrix(toy_ref["A"])
+        dense = jnmf.nmf(A, 3, seed=1, layout="dense")
+        sparse = jnmf.nmf(A, 3, seed=1, layout="sparse")
+    assert int(dense.iter) == int(sparse.iter)
+    assert _max_rel(sparse, dense) <= 1e-10
+
+
+def test_sparse_products_equal_dense_products_for_skewed_columns():
+    # Column counts from 0 to all rows: columns cut into several pieces, empty columns, padded blocks.
+    rng = np.random.default_rng(5)
+    m, n = 300, 90
+    counts = np.concatenate([[0, 0, m], rng.integers(0, 40, n - 3)])
+    dense = np.zeros((m, n))
+    for j, c in enumerate(counts):
+        dense[rng.choice(m, c, replace=False), j] = rng.random(c) + 0.1
+    with jax.enable_x64(True):
+        data = jnmf.prepare(sp.csr_matrix(dense), 4, seed=1, layout="sparse").data
+        F, H = rng.random((4, m)), rng.random((4, n))
+        np.testing.assert_allclose(np.asarray(data.left(F)), F @ dense, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(data.right(H)), H @ dense.T, rtol=1e-12, atol=1e-12)
+    assert data.cols.val.shape[-1] < m  # the full column was cut into pieces narrower than it
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sharded == single device (4 host-platform devices, in a subprocess: the device count is fixed at start-up)
+# ---------------------------------------------------------------------------------------------------------------
+
+_SHARDED = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    import jnmf
+    from jnmf._solve import _solve_jit
+    assert len(jax.devices()) == 4, jax.devices()
+    toy, birds = np.load(sys.argv[1]), jnmf.datasets.load_hawaiibirds().A
+    out = {"diff": [], "iters": []}
+    with jax.enable_x64(True):
+        for A, k, seed, kw in ((toy, 3, 1, {}), (toy, 3, 1, dict(solver="cd", L1=0.05, L2=0.1)),
+                               (birds, 8, 42, {}), (birds, 8, 42, dict(solver="cd", norm="L2"))):
+            one = jnmf.nmf(A, k, seed=seed, **kw)
+            four = jnmf.nmf(A, k, seed=seed, devices=jax.devices(), **kw)
+            assert four.h.shape == one.h.shape, (four.h.shape, one.h.shape)
+            rel = [np.max(np.abs(np.asarray(getattr(four, f)) - np.asarray(getattr(one, f))))
+                   / np.max(np.abs(np.asarray(getattr(one, f)))) for f in ("w", "d", "h", "loss")]
+            out["diff"].append(float(max(rel)))
+            out["iters"].append([int(one.iter), int(four.iter)])
+        problem = jnmf.prepare(toy, 3, seed=1, devices=jax.devices())
+        hlo = _solve_jit.lower(problem).compile().as_text()
+        out["all_gather"] = hlo.count("all-gather")
+        out["all_reduce"] = hlo.count("all-reduce")
+        out["spec"] = [str(s) for s in problem.data.A.sharding.spec]
+        out["padded"] = [problem.data.shape[1], problem.data.n_valid]
+        try:
+            jnmf.prepare(toy, 3, seed=1, devices=jax.devices(), target_H=np.ones((3, 30)), target_lambda=0.1)
+        except ValueError as e:
+            out["error"] = str(e)
+    print(json.dumps(out))
+""")
+
+
+def test_sharded_fit_equals_single_device(toy_ref, hawaiibirds, tmp_path):
+    np.save(tmp_path / "toy.npy", toy_ref["A"])
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _SHARDED, str(tmp_path / "toy.npy")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(a == b for a, b in out["iters"]), out["iters"]
+    assert max(out["diff"]) <= 1e-10, out["diff"]
+    # Columns split over the mesh; XLA's partitioning reduces over samples and never gathers A or H.
+    assert out["spec"] == ["None", "cols"]
+    assert out["all_gather"] == 0 and out["all_reduce"] > 0
+    assert out["padded"] == [32, 30]  # 30 samples padded to 32 over 4 devices
+    assert "target_H" in out["error"]
+
+
+def test_devices_argument_is_validated(toy_ref):
+    with pytest.raises(ValueError, match="devices must be"):
+        jnmf.prepare(toy_ref["A"], 3, seed=1, devices=[])
+    with pytest.raises(ValueError, match="layout='sparse'"):
+        jnmf.prepare(toy_ref["A"], 3, seed=1, devices=jax.devices(), layout="sparse")
+    with pytest.raises(MemoryError, match="per device"):
+        jnmf.prepare(toy_ref["A"], 3, seed=1, devices=jax.devices(), max_memory_bytes=100)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# memory budget
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_estimate_memory_counts_data_and_factors():
+    m, n, k = 1000, 2000, 10
+    factors = 6 * k * (m + n) * 4
+    assert estimate_memory(m, n, k, layout="dense") == m * n * 4 + factors
+    assert estimate_memory(m, n, k, 5000, "sparse") == 4 * 5000 * 8 + (10000 + 5000 // 8) * k * 4 + factors
+    assert estimate_memory(m, n, k, layout="dense", dtype=np.float64) == 2 * estimate_memory(m, n, k)
+    with pytest.raises(ValueError, match="needs nnz"):
+        estimate_memory(m, n, k, layout="sparse")
+
+
+def test_auto_layout_follows_the_budget():
+    rng = np.random.default_rng(0)
+    m, n, k = 1000, 1000, 2
+    S = sp.random(m, n, density=0.08, random_state=rng, format="csc")
+    dense_need = estimate_memory(m, n, k, layout="dense")
+    sparse_need = estimate_memory(m, n, k, S.nnz, "sparse")
+    assert sparse_need < dense_need
+    assert isinstance(jnmf.prepare(S, k, seed=1).data, jnmf.DenseData)  # 8% non-zeros: dense preferred, fits
+    small = jnmf.prepare(S, k, seed=1, max_memory_bytes=sparse_need)
+    assert isinstance(small.data, jnmf.SparseData)  # dense does not fit the budget, sparse does
+    # Dense input too: a budget only the sparse layout meets gives the sparse layout, and the same model.
+    a = jnmf.nmf(S.toarray(), k, seed=1, max_memory_bytes=sparse_need)
+    b = jnmf.nmf(S.toarray(), k, seed=1)
+    np.testing.assert_allclose(np.asarray(a.h), np.asarray(b.h), atol=1e-4)
+    with pytest.raises(MemoryError, match=r"1000 x 1000.*fits in neither layout.*nmf_chunked"):
+        jnmf.prepare(S, k, seed=1, max_memory_bytes=sparse_need - 1)
+    with pytest.raises(MemoryError, match="layout='dense'"):
+        jnmf.prepare(S, k, seed=1, layout="dense", max_memory_bytes=sparse_need)
+    with pytest.raises(ValueError, match="max_memory_bytes"):
+        jnmf.prepare(S, k, seed=1, max_memory_bytes=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# chunked (streamed from .npz column chunks) == in memory
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [dict(), dict(solver="cd", L1=0.1), dict(norm="L2", L2=0.2, upper_bound=0.5)])
+def test_chunked_fit_equals_in_memory(hawaiibirds, tmp_path, kw):
+    A = hawaiibirds.A.tocsc()
+    bounds = [0, 300, 600, 900, A.shape[1]]  # last chunk narrower
+    paths = []
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        paths.append(tmp_path / f"chunk{i}.npz")
+        sp.save_npz(paths[-1], A[:, lo:hi])
+    with jax.enable_x64(True):
+        ref = jnmf.nmf(A, 8, seed=42, **kw)
+        out = jnmf.nmf_chunked(paths, 8, seed=42, **kw)
+    assert int(out.iter) == int(ref.iter) and bool(out.converged) == bool(ref.converged)
+    assert out.h.shape == ref.h.shape
+    assert _max_rel(out, ref) <= 1e-10
+
+
+def test_chunked_sparse_chunks_match_dense_in_memory():
+    # Chunks sparser than 6% take the sparse layout (padded nnz); the in-memory reference is dense.
+    rng = np.random.default_rng(3)
+    A = sp.random(400, 500, density=0.004, random_state=rng, format="csc")
+    A = A + sp.random(400, 500, density=0.001, random_state=rng, format="csc")
+    with jax.enable_x64(True):
+        ref = jnmf.nmf(A, 5, seed=7, solver="cd", layout="dense")
+        out = jnmf.nmf_chunked([A[:, :150], A[:, 150:300], A[:, 300:]], 5, seed=7, solver="cd")
+    assert int(out.iter) == int(ref.iter)
+    assert _max_rel(out, ref) <= 1e-10
+
+
+def test_chunked_validates_chunks(tmp_path):
+    with pytest.raises(TypeError, match="chunks must be"):
+        jnmf.nmf_chunked([], 2)
+    with pytest.raises(ValueError, match=r"chunks\[1\] has 4 rows"):
+        jnmf.nmf_chunked([np.ones((5, 3)), np.ones((4, 3))], 2)
+    with pytest.raises(ValueError, match=r"chunks\[0\] contains negative"):
+        jnmf.nmf_chunked([-np.ones((5, 3))], 2)
+    with pytest.raises(ValueError, match="rank|k"):
+        jnmf.nmf_chunked([np.ones((5, 3))], 9)
