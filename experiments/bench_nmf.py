@@ -7,45 +7,12 @@ ratio sklearn / jnmf (> 1 means jnmf is faster). Usage: ``python experiments/ben
 from __future__ import annotations
 
 import argparse
-import time
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.decomposition import NMF
-from sklearn.exceptions import ConvergenceWarning
+from _timing import time_jnmf, time_sklearn  # experiments/ is on sys.path when run as a script
 
 import jnmf
-
-
-def _time_jnmf(A, k, iters, repeats, **opts):
-    problem = jnmf.prepare(A, k, seed=1, tol=0.0, maxit=iters, **opts)
-    t0 = time.perf_counter()
-    jnmf.solve(problem).d.block_until_ready()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model = jnmf.solve(problem)
-        model.d.block_until_ready()
-        times.append(time.perf_counter() - t0)
-    assert int(model.iter) == iters
-    per_iter = np.median(times) / iters
-    # First call minus a warm call: compilation (clipped at 0, since timing noise can exceed it for small fits).
-    return per_iter * 1e3, max(first - np.median(times), 0.0) * 1e3, problem.config.solver
-
-
-def _time_sklearn(A, k, iters, repeats):
-    times = []
-    for _ in range(repeats):
-        est = NMF(n_components=k, solver="cd", init="random", random_state=0, max_iter=iters, tol=0.0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            t0 = time.perf_counter()
-            est.fit(A)
-            times.append(time.perf_counter() - t0)
-        assert est.n_iter_ == iters
-    return np.median(times) / iters * 1e3
 
 
 def main() -> None:
@@ -71,11 +38,11 @@ def main() -> None:
     print("-" * len(header))
     for name, A, ks in problems:
         for k in ks:
-            sk = _time_sklearn(A, k, args.iters, max(2, args.repeats // 2))
+            sk = time_sklearn(A, k, args.iters, max(2, args.repeats // 2))
             for layout in ("dense", "sparse"):
                 seen = set()
                 for solver in ("auto", "cholesky", "cd"):
-                    ms, compile_ms, used = _time_jnmf(A, k, args.iters, args.repeats, layout=layout, solver=solver)
+                    ms, compile_ms, used = time_jnmf(A, k, args.iters, args.repeats, layout=layout, solver=solver)
                     if used in seen:
                         continue
                     seen.add(used)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ._kmeans import r_kmeans, r_unique_rows
 from ._rrng import RRandom
+from ._targets import label_codes
 
 __all__ = ["AssessResult", "assess"]
 
@@ -589,53 +590,17 @@ def _extract_embedding(x: Any, layer: Any = None) -> np.ndarray:
     return np.ascontiguousarray(emb)
 
 
-def _is_missing(v: Any) -> bool:
-    if v is None:
-        return True
-    try:
-        return bool(v != v)  # NaN, NaT
-    except (TypeError, ValueError):
-        return True  # pandas.NA: its comparisons are themselves NA
-
-
 def _as_factor(values: Any, n: int, name: str) -> tuple[np.ndarray, list[Any]]:
-    """R's ``as.factor``: (codes (n,) 0-based with -1 for missing, levels).
+    """R's ``as.factor`` through ``label_codes``: (codes (n,) 0-based with -1 for missing, levels).
 
-    Categoricals (objects with ``categories`` and ``codes``, or a pandas Series with ``.cat``) keep their level order,
-    unused levels included; other values get sorted unique levels (numbers numerically, strings by code point, which
-    equals R's locale order for plain ASCII names of one case).
+    The length is checked here so that the message names the embedding's sample count.
     """
-    cat = getattr(values, "cat", None)
-    if cat is not None and hasattr(cat, "categories") and hasattr(cat, "codes"):
-        values = cat
-    if hasattr(values, "categories") and hasattr(values, "codes"):
-        codes = np.asarray(values.codes, dtype=np.int64).ravel()
-        levels = list(np.asarray(values.categories, dtype=object))
-        if codes.size != n:
-            raise ValueError(f"{name}: length {codes.size} does not match the number of samples in x ({n})")
-        return codes, levels
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+    if isinstance(values, (str, bytes)):
         raise ValueError(f"{name}: expected a sequence of n = {n} values, got {type(values).__name__}")
-    arr = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
-    if arr.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D sequence of labels, got shape {arr.shape}")
-    if arr.size != n:
-        raise ValueError(f"{name}: length {arr.size} does not match the number of samples in x ({n})")
-    if arr.dtype.kind in "iub":
-        levels_arr, codes = np.unique(arr, return_inverse=True)
-        return codes.astype(np.int64), levels_arr.tolist()
-    obj = arr.astype(object)
-    missing = np.fromiter((_is_missing(v) for v in obj), dtype=bool, count=n)
-    present = [v.item() if isinstance(v, np.generic) else v for v in obj[~missing]]
-    uniq = list(dict.fromkeys(present))
-    try:
-        levels = sorted(uniq)
-    except TypeError:
-        levels = sorted(uniq, key=str)
-    index = {v: i for i, v in enumerate(levels)}
-    codes = np.full(n, -1, dtype=np.int64)
-    codes[~missing] = [index[v] for v in present]
-    return codes, levels
+    codes, levels = label_codes(values, name=name)
+    if codes.shape[0] != n:
+        raise ValueError(f"{name}: length {codes.shape[0]} does not match the number of samples in x ({n})")
+    return codes.astype(np.int64), [v.item() if isinstance(v, np.generic) else v for v in levels]
 
 
 def _check_int(name: str, value: Any, minimum: int | None) -> int:

@@ -32,10 +32,20 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _validate as V
-from ._data import DenseData, SparseData, _sparse_from_scipy, choose_layout, squared_norm
-from ._features import apply_l1_l2, gram, scale_rows
+from ._data import DenseData, SparseData, prepare_data, squared_norm
+from ._features import scale_rows
 from ._model import NMFModel
-from ._solve import _check_finite, _solve_factor, _update, advance, finish_model, init_state, prepare, running
+from ._solve import (
+    _check_finite,
+    _solve_raw,
+    _update,
+    advance,
+    finish_model,
+    gram_identity_sse,
+    init_state,
+    prepare,
+    running,
+)
 
 __all__ = ["nmf_chunked"]
 
@@ -47,20 +57,14 @@ def _load(chunk: Any, i: int) -> Any:
 
 
 def _as_data(A: Any, dtype: Any, k: int, budget: int | None) -> DenseData | SparseData:
-    layout = choose_layout(A, "auto", np.dtype(dtype).itemsize, k, budget)
-    if layout == "dense":
-        return DenseData(jnp.asarray(A.toarray() if sp.issparse(A) else A, dtype))
     # bucket: power-of-two piece width and block count, so that chunks of similar size share compiled kernels.
-    return _sparse_from_scipy(A if sp.issparse(A) else sp.csc_matrix(A), dtype, bucket=True)
+    return prepare_data(A, dtype, "auto", k=k, max_memory_bytes=budget, bucket=True)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _h_chunk(W, H_prev, data, warm, hyper, config):
     """Raw H block (k, n_c) for one chunk (before the global scaling) and its ``H_c A_c'`` (k, m)."""
-    G, B = apply_l1_l2(gram(W), data.left(W), hyper.L1[1], hyper.L2[1])
-    X = _solve_factor(G, B, H_prev, warm, config.nonneg[1], config, hyper)
-    ub = hyper.upper_bound[1]
-    X = jnp.where(ub > 0, jnp.minimum(X, ub), X)
+    X, _, _ = _solve_raw(W, H_prev, data.left(W), 1, warm, config, hyper, None, None, False)
     return X, data.right(X)
 
 
@@ -69,8 +73,7 @@ def _w_step(state, H_raw, R, sq_norm, hyper, config):
     """Scale H, update W from ``H A' = diag(1/d_H) R``, loss by the Gram identity, convergence bookkeeping."""
     d_H, H = scale_rows(H_raw, config.norm)
     d, W, G_w, B_w = _update(H, state.W, R / d_H[:, None], 0, state.n_iter > 0, config, hyper, None, None, False)
-    dW = d[:, None] * W
-    loss = sq_norm - 2 * jnp.sum(dW * B_w) + jnp.sum(jnp.dot(dW, dW.T, precision=jax.lax.Precision.HIGHEST) * G_w)
+    loss = gram_identity_sse(sq_norm, d, W, G_w, B_w)
     return advance(state, W, H, d, loss, hyper.tol, config.patience)
 
 

@@ -277,9 +277,9 @@ def _check_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray:
 
 
 def prepare_data(A: Any, dtype: Any, layout: str = "auto", mask: np.ndarray | None = None, k: int = 1,
-                 max_memory_bytes: int | None = None) -> DenseData | SparseData:
+                 max_memory_bytes: int | None = None, bucket: bool = False) -> DenseData | SparseData:
     """Convert validated input to the solver's layout (``"auto"``, ``"dense"`` or ``"sparse"``; see
-    ``choose_layout`` for the memory budget at rank k).
+    ``choose_layout`` for the memory budget at rank k). ``bucket``: see ``_ell_blocks``.
 
     With a boolean ``mask`` (from ``split_mask``; A already 0 at masked entries) the layout is always dense.
     """
@@ -292,7 +292,7 @@ def prepare_data(A: Any, dtype: Any, layout: str = "auto", mask: np.ndarray | No
     if layout == "dense":
         dense = A.toarray() if sp.issparse(A) else A
         return DenseData(jnp.asarray(dense, dtype))
-    return _sparse_from_scipy(A if sp.issparse(A) else sp.csc_matrix(np.asarray(A)), dtype)
+    return _sparse_from_scipy(A if sp.issparse(A) else sp.csc_matrix(np.asarray(A)), dtype, bucket)
 
 
 def shard_columns(A: Any, dtype: Any, devices: Any) -> DenseData:

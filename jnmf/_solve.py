@@ -146,10 +146,11 @@ def _masked_target(Gs, B, T, G_T, lam, removal):
     return G_out, B_out
 
 
-def _update(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target, Gs=None):
-    """One factor update: solve for X (k, p) given the other factor F (k, q) and ``rhs = F A`` or ``H A'``.
+def _solve_raw(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target, Gs=None):
+    """One factor's solve before scaling: X (k, p) given the other factor F (k, q) and ``rhs = F A`` or ``H A'``.
 
     ``Gs`` (p, k, k), given for masked data only, holds one Gram matrix per column of X instead of ``F F'``.
+    Returns X (after the upper bound) and the pre-penalty Gram matrix and right-hand side (for the loss).
     """
     if Gs is None:
         G = gram(F)
@@ -166,9 +167,21 @@ def _update(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target, Gs=No
             G, B = _masked_target(G, B, T, G_T, hyper.target_lambda[side], config.removal)
         X = _solve_columns(G, B, X_prev, warm, config.nonneg[side], config, hyper)
     ub = hyper.upper_bound[side]
-    X = jnp.where(ub > 0, jnp.minimum(X, ub), X)
+    return jnp.where(ub > 0, jnp.minimum(X, ub), X), G0, B0
+
+
+def _update(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target, Gs=None):
+    """One factor update: ``_solve_raw`` then diagonal scaling; returns (d, X unit-scaled, G0, B0)."""
+    X, G0, B0 = _solve_raw(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target, Gs)
     d, X = scale_rows(X, config.norm)
     return d, X, G0, B0
+
+
+def gram_identity_sse(sq_norm, d, W, G_w, B_w):
+    """Total SSE ``|A|^2 - 2 sum d_i <W_i, B_i> + sum_ij d_i d_j (W W')_ij G_ij`` from the W update's pre-penalty
+    Gram matrix G_w = H H' and right-hand side B_w = H A' (RcppML §4); W (k, m) unit-scaled, d (k,)."""
+    dW = d[:, None] * W
+    return sq_norm - 2 * jnp.sum(dW * B_w) + jnp.sum(jnp.dot(dW, dW.T, precision=_HIGHEST) * G_w)
 
 
 def step(problem: Problem, state: State, G_TH=None, G_TW=None) -> State:
@@ -181,15 +194,11 @@ def step(problem: Problem, state: State, G_TH=None, G_TW=None) -> State:
                          hyper.target_H, G_TH, config.target_H, data.left_grams(state.W) if masked else None)
     d, W, G_w, B_w = _update(H, state.W, data.right(H), 0, warm, config, hyper,
                              hyper.target_W, G_TW, config.target_W, data.right_grams(H) if masked else None)
-    dW = d[:, None] * W
     if masked:
         # SSE over observed entries; the Gram identity would need a per-entry weight, so form it directly.
-        loss = data.observed_sse(dW, H)
+        loss = data.observed_sse(d[:, None] * W, H)
     else:
-        # Total SSE by the Gram identity, with the pre-penalty G and B of the W update (RcppML §4).
-        cross = jnp.sum(dW * B_w)
-        fit = jnp.sum(jnp.dot(dW, dW.T, precision=_HIGHEST) * G_w)
-        loss = problem.sq_norm - 2 * cross + fit
+        loss = gram_identity_sse(problem.sq_norm, d, W, G_w, B_w)
     return advance(state, W, H, d, loss, hyper.tol, config.patience)
 
 
