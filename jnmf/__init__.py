@@ -3,7 +3,7 @@
 from . import datasets, graph, tl
 from ._assess import AssessResult, assess
 from ._chunked import nmf_chunked
-from ._data import DenseData, SparseData
+from ._data import DenseData, HostSparseData, SparseData
 from ._features import (
     apply_l1_l2,
     gram,
@@ -48,6 +48,7 @@ __all__ = [
     "NMFModel",
     "Problem",
     "RRandom",
+    "HostSparseData",
     "SparseData",
     "apply_l1_l2",
     "cholesky_clip",

@@ -1,10 +1,13 @@
-"""The data matrix A (m x n) as seen by the solver: dense, or sparse in a blocked, padded column layout.
+"""The data matrix A (m x n) as seen by the solver: dense, or sparse with a kernel chosen for the platform.
 
-Both layouts provide the two products of an alternating update, ``F A`` (k x n, for the H update) and
-``H A'`` (k x m, for the W update), inside jit. The sparse layout never forms a dense m x n array: it stores A by
-columns and by rows as ``EllBlocks`` (each column cut into pieces of at most L non-zeros, padded to L), and each
-product gathers the k-vectors of one block of pieces at a time and reduces them, O(nnz k) time and
-O(nnz + block k) memory.
+Every layout provides the two products of an alternating update, ``F A`` (k x n, for the H update) and
+``H A'`` (k x m, for the W update), inside jit; none of the sparse ones forms a dense m x n array:
+
+* ``SparseData`` (accelerators): A by columns and by rows as ``EllBlocks`` (each column cut into pieces of at
+  most L non-zeros, padded to L); each product gathers the k-vectors of one block of pieces at a time and reduces
+  them inside XLA, O(nnz k) time and O(nnz + block k) memory;
+* ``HostSparseData`` (CPU): A and A' as CSR on the host, multiplied by scipy on a thread pool through a
+  ``jax.pure_callback`` (about twice as fast as the gathers on CPU, where XLA's gather code is scalar).
 
 A dense matrix may carry a mask of entries to ignore (missing data). Its A holds 0 at masked entries, so the
 products above are ``F (O * A)`` and ``H (O * A)'`` with O = 1 - mask, and it adds the per-column Gram matrices
@@ -14,6 +17,11 @@ products above are ``F (O * A)`` and ``H (O * A)'`` with O = 1 - mask, and it ad
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
+import os
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -107,6 +115,169 @@ class EllBlocks:
         return out.T
 
 
+# Host sparse kernel (CPU) ------------------------------------------------------------------------------------------
+#
+# XLA's CPU backend has no sparse product, and its gather codegen is scalar: the EllBlocks products above run at
+# ~0.2 ns per multiply-add (14,000 x 2,600 at 15%, k = 20: 16-17 ms each on 2 cores), while scipy's compiled CSR
+# product runs the same in ~17 ms on one thread and ~9 ms on two (it releases the GIL). On CPU the fit therefore
+# calls scipy from inside the jit-compiled driver (``jax.pure_callback``), on a thread pool over row ranges of
+# equal non-zeros. The matrix stays on the host in a registry and the program receives only an int32 key: as an
+# operand the ~nnz-sized arrays would be copied into the callback at every call (13 ms for 44 MB), and as static
+# data the compilation cache would keep every fitted matrix alive (and reuse a program for another matrix).
+
+_HOST_REGISTRY: dict[int, tuple[_HostCSR, _HostCSR]] = {}
+_HOST_REFS: dict[int, int] = {}  # live HostSparseData instances per registry entry
+_HOST_KEYS = itertools.count(1)
+_HOST_POOL: list[ThreadPoolExecutor] = []
+# Below this many non-zeros one scipy call beats dispatching pieces to threads.
+_HOST_MIN_PARALLEL_NNZ = 200_000
+
+
+def _host_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class _HostCSR:
+    """A CSR matrix M (r, q) on the host, cut into row ranges of about equal non-zeros (one per thread), for
+    ``X M'`` (K, r) with X (K, q)."""
+
+    def __init__(self, M: sp.csr_matrix, threads: int):
+        self.shape = M.shape
+        parts = threads if M.nnz >= _HOST_MIN_PARALLEL_NNZ else 1
+        cuts = np.searchsorted(M.indptr, np.linspace(0, M.nnz, parts + 1), side="left")
+        cuts[0], cuts[-1] = 0, M.shape[0]
+        self.pieces = [M[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a] or [M]
+
+    def times_t(self, X: np.ndarray) -> np.ndarray:
+        XT = np.ascontiguousarray(X.T)
+        if len(self.pieces) == 1:
+            out = self.pieces[0] @ XT
+        else:
+            if not _HOST_POOL:
+                _HOST_POOL.append(ThreadPoolExecutor(_host_threads(), thread_name_prefix="jnmf-sparse"))
+            out = np.concatenate(list(_HOST_POOL[0].map(lambda P: P @ XT, self.pieces)), axis=0)
+        return np.ascontiguousarray(out.T)
+
+
+def _host_lookup(key: Any) -> tuple[_HostCSR, _HostCSR]:
+    k = int(np.asarray(key).ravel()[0])
+    try:
+        return _HOST_REGISTRY[k]
+    except KeyError:
+        raise RuntimeError("the host sparse matrix of this fit was released before the fit finished: keep the "
+                           "Problem (or SparseData) alive until its results are ready") from None
+
+
+def _host_times(key: Any, words: Any, which: int, dtype: str) -> np.ndarray:
+    """Callback: ``X M'`` with M the registry entry's matrix ``which`` (0: A' for ``F A``, 1: A for ``H A'``).
+
+    X and the result travel as uint32 words (``_host_call``). X may carry leading batch axes (vmap): they are
+    stacked into one product with more rows.
+    """
+    M = _host_lookup(key)[which]
+    words = np.ascontiguousarray(np.asarray(words))
+    X = words.view(dtype)
+    if X.ndim == words.ndim and words.dtype.itemsize != X.dtype.itemsize:
+        X = X[..., 0]  # (..., q, 2) words of a 64-bit float -> (..., q)
+    lead = X.shape[:-1]
+    out = M.times_t(X.reshape(-1, X.shape[-1])).astype(dtype, copy=False)
+    out = np.ascontiguousarray(out.reshape(*lead, M.shape[0]))
+    return out.view(np.uint32).reshape(*lead, M.shape[0], *words.shape[X.ndim:])
+
+
+def _host_call(key: jax.Array, X: jax.Array, which: int, rows: int) -> jax.Array:
+    # Values cross the callback boundary as uint32 words: JAX converts callback operands and results to the
+    # thread's default dtypes, and jax.enable_x64 (a thread-local context) is off in XLA's callback thread, so a
+    # float64 X would arrive, and a float64 result be returned, rounded to float32.
+    words = lax.bitcast_convert_type(X, jnp.uint32)
+    out = jax.ShapeDtypeStruct((*X.shape[:-1], rows, *words.shape[X.ndim:]), jnp.uint32)
+    fn = functools.partial(_host_times, which=which, dtype=np.dtype(X.dtype).name)
+    return lax.bitcast_convert_type(jax.pure_callback(fn, out, key, words, vmap_method="expand_dims"), X.dtype)
+
+
+# X -> X M' is linear in X, with adjoint G -> G M, the other orientation's product: reverse-mode derivatives (the
+# scan driver under jax.grad) go through the host kernel too. Forward mode is not defined for a pure_callback.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _host_product(key: jax.Array, X: jax.Array, which: int, rows: int, cols: int) -> jax.Array:
+    return _host_call(key, X, which, rows)
+
+
+def _host_product_fwd(key, X, which, rows, cols):
+    return _host_call(key, X, which, rows), key
+
+
+def _host_product_bwd(which, rows, cols, key, g):
+    return None, _host_call(key, g, 1 - which, cols)
+
+
+_host_product.defvjp(_host_product_fwd, _host_product_bwd)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class HostSparseData:
+    """A sparse (m, n) data matrix held on the host as CSR (of A and of A'), multiplied by scipy on a thread pool
+    from inside the jit-compiled fit (the CPU kernel; see the comment above ``_HostCSR``).
+
+    ``key`` (an int32 scalar, the pytree's only leaf) names the matrix in a host registry. Every concrete instance
+    (also the copies that flattening makes: ``device_put``, ``tree_map``) holds a reference to the entry, which is
+    dropped with the last one; a computation dispatched asynchronously must keep one alive until its results are
+    ready (``solve`` and ``sweep`` block for this).
+    """
+
+    key: jax.Array
+    shape: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
+
+    def __post_init__(self):
+        # Instances built while tracing hold a tracer, and vmap's axis specs plain ints: neither owns the entry.
+        if isinstance(self.key, jax.core.Tracer) or not isinstance(self.key, (jax.Array, np.ndarray)):
+            return
+        key = int(self.key)
+        if key in _HOST_REGISTRY:
+            _HOST_REFS[key] = _HOST_REFS.get(key, 0) + 1
+            weakref.finalize(self, _host_release, key)
+
+    def left(self, F: jax.Array) -> jax.Array:
+        """``F A`` for F (k, m) → (k, n)."""
+        m, n = self.shape
+        return _host_product(self.key, F, 0, n, m)
+
+    def right(self, H: jax.Array) -> jax.Array:
+        """``H A'`` for H (k, n) → (k, m)."""
+        m, n = self.shape
+        return _host_product(self.key, H, 1, m, n)
+
+
+def host_sparse(A: sp.spmatrix | sp.sparray, dtype: Any) -> HostSparseData:
+    """``HostSparseData`` of a scipy sparse matrix (duplicates summed, values cast to ``dtype``)."""
+    csr = sp.csr_matrix(A, dtype=dtype)
+    csr.sum_duplicates()
+    csr.sort_indices()
+    csr_t = sp.csr_matrix(csr.T)
+    csr_t.sort_indices()
+    threads = _host_threads()
+    key = next(_HOST_KEYS)
+    _HOST_REGISTRY[key] = (_HostCSR(csr_t, threads), _HostCSR(csr, threads))
+    return HostSparseData(key=jnp.asarray(key, jnp.int32), shape=tuple(int(s) for s in csr.shape))
+
+
+def _host_release(key: int) -> None:
+    _HOST_REFS[key] -= 1
+    if _HOST_REFS[key] <= 0:
+        del _HOST_REFS[key]
+        _HOST_REGISTRY.pop(key, None)
+
+
+def holds_host_data(tree: Any) -> bool:
+    """Whether a pytree (e.g. a ``Problem``) holds ``HostSparseData``: its results depend on a host registry entry
+    that must outlive the computation (``solve`` blocks until they are ready)."""
+    return any(isinstance(x, HostSparseData) for x in jax.tree_util.tree_leaves(
+        tree, is_leaf=lambda x: isinstance(x, HostSparseData)))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SparseData:
@@ -130,12 +301,10 @@ class SparseData:
 _BLOCK_ENTRIES = 2**17
 
 
-def _ell_blocks(csc: sp.csc_matrix, dtype: Any, bucket: bool = False) -> EllBlocks:
-    """``EllBlocks`` of a CSC matrix with sorted indices. The width L minimises the padded size over a few
-    quantiles of the column counts (padding < L per column, so at most ~3x nnz with L = the median count).
-    ``bucket`` rounds L and the block count up to powers of two (fewer distinct shapes, fewer compiles)."""
-    m, n = csc.shape
-    counts = np.diff(csc.indptr).astype(np.int64)
+def _ell_width(counts: np.ndarray, bucket: bool = False) -> int:
+    """Piece width L minimising the padded size ``sum_j ceil(c_j / L) L`` over a few quantiles of the non-zero
+    column counts c_j (padding < L per column, so at most ~3x nnz with L = the median count). ``bucket`` rounds
+    the candidates up to powers of two."""
     nonzero = counts[counts > 0]
     if nonzero.size == 0:
         widths = [1]
@@ -144,14 +313,28 @@ def _ell_blocks(csc: sp.csc_matrix, dtype: Any, bucket: bool = False) -> EllBloc
     if bucket:
         widths = sorted({1 << (w - 1).bit_length() for w in widths})
     size = [int(np.sum(-(-counts // w))) * w for w in widths]
-    L = widths[int(np.argmin(size))]
-    n_virtual = -(-counts // L)
-    n_v = max(int(n_virtual.sum()), 1)
+    return widths[int(np.argmin(size))]
+
+
+def _ell_geometry(n_pieces: int, L: int, bucket: bool = False) -> tuple[int, int]:
+    """(blocks, pieces per block) holding ``n_pieces`` pieces of width L in blocks of ~``_BLOCK_ENTRIES``."""
+    n_v = max(n_pieces, 1)
     B = max(1, min(n_v, _BLOCK_ENTRIES // L))
     nb = -(-n_v // B)
     if bucket:
         nb = 1 << (nb - 1).bit_length()
+    return nb, B
+
+
+def _ell_arrays(csc: sp.csc_matrix, dtype: Any, L: int, nb: int, B: int) -> tuple[np.ndarray, ...]:
+    """Host arrays ``(idx, val, owner)`` of ``EllBlocks`` for a CSC matrix with sorted indices, in the given
+    geometry (which must hold its pieces)."""
+    m, n = csc.shape
+    counts = np.diff(csc.indptr).astype(np.int64)
+    n_virtual = -(-counts // L)
     total = nb * B
+    if int(n_virtual.sum()) > total:
+        raise ValueError(f"{int(n_virtual.sum())} pieces do not fit {nb} blocks of {B}")
     # Entry p of column j goes to virtual column start_j + p // L, slot p % L.
     col_of = np.repeat(np.arange(n), counts)
     pos = np.arange(csc.nnz) - np.repeat(csc.indptr[:-1], counts)
@@ -161,10 +344,19 @@ def _ell_blocks(csc: sp.csc_matrix, dtype: Any, bucket: bool = False) -> EllBloc
     val = np.zeros((total, L), dtype)
     idx[v, pos % L] = csc.indices
     val[v, pos % L] = csc.data
-    owner = np.full(total, n - 1, np.int32)
+    owner = np.full(total, max(n - 1, 0), np.int32)
     owner[: int(n_virtual.sum())] = np.repeat(np.arange(n, dtype=np.int32), n_virtual)
-    return EllBlocks(idx=jnp.asarray(idx.reshape(nb, B, L)), val=jnp.asarray(val.reshape(nb, B, L)),
-                     owner=jnp.asarray(owner), n_cols=n)
+    return idx.reshape(nb, B, L), val.reshape(nb, B, L), owner
+
+
+def _ell_blocks(csc: sp.csc_matrix, dtype: Any, bucket: bool = False) -> EllBlocks:
+    """``EllBlocks`` of a CSC matrix with sorted indices (width by ``_ell_width``; ``bucket`` also rounds the
+    block count up to a power of two, so that matrices of similar size share compiled kernels)."""
+    counts = np.diff(csc.indptr).astype(np.int64)
+    L = _ell_width(counts, bucket)
+    nb, B = _ell_geometry(int(np.sum(-(-counts // L))), L, bucket)
+    idx, val, owner = _ell_arrays(csc, dtype, L, nb, B)
+    return EllBlocks(idx=jnp.asarray(idx), val=jnp.asarray(val), owner=jnp.asarray(owner), n_cols=csc.shape[1])
 
 
 def _masked_grams(F: jax.Array, O: jax.Array) -> jax.Array:
@@ -276,10 +468,29 @@ def _check_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray:
     return M
 
 
+def sparse_kernel_for(kernel: str = "auto") -> str:
+    """Resolve the sparse kernel: ``"host"`` (scipy CSR on a thread pool, ``HostSparseData``) where the fit runs
+    on CPU, ``"ell"`` (``EllBlocks`` gathers inside XLA, ``SparseData``) on accelerators."""
+    if kernel not in ("auto", "host", "ell"):
+        raise ValueError(f"sparse_kernel must be 'auto', 'host' or 'ell', got {kernel!r}")
+    if kernel == "auto":
+        kernel = _SPARSE_KERNEL
+    if kernel == "auto":
+        return "host" if jax.default_backend() == "cpu" else "ell"
+    return kernel
+
+
+# What ``sparse_kernel="auto"`` resolves to before looking at the platform; tests and benchmarks set it to compare
+# the two kernels through the public entry points.
+_SPARSE_KERNEL = "auto"
+
+
 def prepare_data(A: Any, dtype: Any, layout: str = "auto", mask: np.ndarray | None = None, k: int = 1,
-                 max_memory_bytes: int | None = None, bucket: bool = False) -> DenseData | SparseData:
+                 max_memory_bytes: int | None = None, bucket: bool = False,
+                 sparse_kernel: str = "auto") -> DenseData | SparseData | HostSparseData:
     """Convert validated input to the solver's layout (``"auto"``, ``"dense"`` or ``"sparse"``; see
-    ``choose_layout`` for the memory budget at rank k). ``bucket``: see ``_ell_blocks``.
+    ``choose_layout`` for the memory budget at rank k). ``bucket``: see ``_ell_blocks``. The sparse layout uses
+    ``sparse_kernel`` (``sparse_kernel_for``): ``HostSparseData`` on CPU, ``SparseData`` (EllBlocks) elsewhere.
 
     With a boolean ``mask`` (from ``split_mask``; A already 0 at masked entries) the layout is always dense.
     """
@@ -292,7 +503,10 @@ def prepare_data(A: Any, dtype: Any, layout: str = "auto", mask: np.ndarray | No
     if layout == "dense":
         dense = A.toarray() if sp.issparse(A) else A
         return DenseData(jnp.asarray(dense, dtype))
-    return _sparse_from_scipy(A if sp.issparse(A) else sp.csc_matrix(np.asarray(A)), dtype, bucket)
+    A = A if sp.issparse(A) else sp.csc_matrix(np.asarray(A))
+    if sparse_kernel_for(sparse_kernel) == "host":
+        return host_sparse(A, dtype)
+    return _sparse_from_scipy(A, dtype, bucket)
 
 
 def shard_columns(A: Any, dtype: Any, devices: Any) -> DenseData:

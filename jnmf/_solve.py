@@ -30,10 +30,20 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 from jax import lax
 
 from . import _validate as V
-from ._data import DenseData, SparseData, prepare_data, shard_columns, split_mask, squared_norm
+from ._data import (
+    _DENSE_DENSITY,
+    DenseData,
+    HostSparseData,
+    SparseData,
+    prepare_data,
+    shard_columns,
+    split_mask,
+    squared_norm,
+)
 from ._features import (
     apply_l1_l2,
     apply_target,
@@ -47,6 +57,7 @@ from ._memory import default_budget, estimate_memory, gib
 from ._model import NMFModel
 from ._nnls import cholesky_clip, nnls_cd, nnls_step
 from ._rrng import r_runif_matrix
+from ._sharded import ShardedSparseData, shard_sparse_columns
 
 _HIGHEST = lax.Precision.HIGHEST
 SOLVERS = ("auto", "cholesky", "cd")
@@ -94,7 +105,7 @@ class Hyper:
 class Problem:
     """Everything a fit needs; a pytree whose leaves are arrays and whose ``config`` is static."""
 
-    data: DenseData | SparseData
+    data: DenseData | SparseData | HostSparseData | ShardedSparseData
     hyper: Hyper
     w_init: jax.Array
     sq_norm: jax.Array
@@ -268,10 +279,33 @@ def solve(problem: Problem, *, target_lambda: Any = None, L1: Any = None, L2: An
     if w_init is not None:
         problem = problem.replace(w_init=jnp.asarray(w_init, problem.w_init.dtype))
     model = _solve_jit(problem)
-    n_valid = getattr(problem.data, "n_valid", None)
-    if n_valid is not None and n_valid != problem.data.shape[1]:
-        model = dataclasses.replace(model, h=model.h[:, :n_valid])  # drop the mesh padding (shard_columns)
+    if isinstance(problem.data, HostSparseData) and not isinstance(model.d, jax.core.Tracer):
+        # The host kernel reads A from a registry entry owned by problem.data: finish while it is alive.
+        model = jax.block_until_ready(model)
+    if getattr(problem.data, "n_valid", None) is not None:  # sharded over a device mesh
+        model = _unshard(model, problem.data)
     return model
+
+
+def _unshard(model: NMFModel, data: DenseData | ShardedSparseData) -> NMFModel:
+    """A sharded fit's model with h's mesh-padding columns dropped and every array replicated on every device
+    of the mesh: each process (after ``jax.distributed.initialize()``) then holds the whole model, and
+    ``np.asarray`` works on every process. Within a trace over the problem itself (``jit(solve)``), where the mesh
+    of a dense A is not known, only the padding is dropped."""
+    n_valid = data.n_valid
+    mesh = getattr(data, "mesh", None)  # ShardedSparseData carries its mesh
+    if mesh is None:
+        sharding = getattr(data.A, "sharding", None)
+        if isinstance(data.A, jax.core.Tracer) or not isinstance(sharding, jax.sharding.NamedSharding):
+            return dataclasses.replace(model, h=model.h[:, :n_valid]) if n_valid != data.shape[1] else model
+        mesh = sharding.mesh
+    return _replicate(model, n_valid, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _replicate(model: NMFModel, n_valid: int, replicated: jax.sharding.NamedSharding) -> NMFModel:
+    model = dataclasses.replace(model, h=model.h[:, :n_valid])
+    return jax.tree.map(lambda x: lax.with_sharding_constraint(x, replicated), model)
 
 
 def _lambda_pair(lam: Any, config: Config, dtype: Any) -> jax.Array:
@@ -358,12 +392,21 @@ def prepare(
     ``devices`` (a sequence of ``jax.Device``) shards the fit's samples: A's columns, and so H's, are split
     across a 1-D ``jax.sharding.Mesh(devices, ("cols",))`` (``shard_columns``), and the one jit-compiled driver
     runs partitioned by XLA: the H update is local to each device, and ``H A'`` (k x m), ``H H'`` (k x k), the
-    norms of H and the loss are summed across devices. The same code runs across hosts after
-    ``jax.distributed.initialize()`` with ``devices=jax.devices()`` (every process calls ``prepare`` with the same
-    A; each fills only its own devices' column blocks). Sharded fits use the dense layout per device and
-    support neither a mask nor ``target_H`` nor L1 on H with ``nonneg`` off for H (the zero columns padding n to
-    a multiple of the device count must stay zero). ``max_memory_bytes``: the budget that ``layout="auto"``
-    chooses against and that any layout must fit (``estimate_memory``); per device when ``devices`` is given.
+    norms of H and the loss are summed across devices. ``solve`` returns the model of a sharded fit with every
+    array (h included, its padding columns dropped) replicated on every device of the mesh.
+
+    Several processes: after ``jax.distributed.initialize()`` (on CPU with ``jax_cpu_collectives_implementation``
+    ``"gloo"``), every process calls ``prepare``/``solve`` (or ``nmf``) with the same A, arguments and
+    ``devices=jax.devices()``; each fills only its own devices' column blocks of A, and each gets the whole model
+    (replicated, so ``np.asarray(model.h)`` works on every process; the arrays are global ``jax.Array``s spanning
+    all processes' devices). Tested: 2 processes x 2 CPU devices equal one process on one device to 1e-10
+    (float64, same iterations; tests/test_multihost.py). Each device holds its column block dense, or sparse
+    (``ShardedSparseData``: XLA gathers per device and a sum of the k x m partial ``H A'``), by the single-device
+    density rule for ``layout="auto"``. Sharded fits support neither a mask nor ``target_H`` nor L1 on H with
+    ``nonneg`` off for H (the zero columns padding n to a multiple of the device count must stay zero).
+    ``max_memory_bytes``: the budget that ``layout="auto"`` chooses against and that any layout must fit
+    (``estimate_memory``); per device when ``devices`` is given (by default, half of this host's memory shared by
+    this process's devices of the mesh, or half of an accelerator's own memory).
     """
     V.check_choice(layout, "layout", ("auto", "dense", "sparse"))
     dtype = jnp.dtype(_default_dtype() if dtype is None else dtype)
@@ -434,12 +477,11 @@ def prepare(
     return Problem(data=data, hyper=hyper, w_init=W0, sq_norm=jnp.asarray(squared_norm(A), dtype), config=config)
 
 
-def _sharded_data(A, dtype, layout, M, TH, L1, nonneg, k, devices, max_memory_bytes) -> DenseData:
+def _sharded_data(A, dtype, layout, M, TH, L1, nonneg, k, devices,
+                  max_memory_bytes) -> DenseData | ShardedSparseData:
     devices = list(devices)
     if not devices or not all(isinstance(d, jax.Device) for d in devices):
         raise ValueError(f"devices must be a non-empty sequence of jax.Device, got {devices!r}")
-    if layout == "sparse":
-        raise ValueError("devices: sharded fits use the dense layout on each device; got layout='sparse'")
     if M is not None:
         raise ValueError("devices: sharded fits do not support a mask (or NaN entries in A)")
     if TH is not None:
@@ -447,20 +489,32 @@ def _sharded_data(A, dtype, layout, M, TH, L1, nonneg, k, devices, max_memory_by
     if L1[1] > 0 and not nonneg[1]:
         raise ValueError("devices: sharded fits do not support L1 on H with nonneg=False for H")
     m, n = A.shape
-    per_device = estimate_memory(m, -(-n // len(devices)), k, None, "dense", dtype)
+    n_local = -(-n // len(devices))
+    nnz = int(A.nnz) if sp.issparse(A) else None
+    if layout == "auto":  # the single-device rule (choose_layout), on one device's share of A
+        layout = "sparse" if nnz is not None and nnz < _DENSE_DENSITY * m * n else "dense"
+    if layout == "sparse" and nnz is None:
+        nnz = int(np.count_nonzero(np.asarray(A)))
+    per_device = estimate_memory(m, n_local, k, None if layout == "dense" else -(-nnz // len(devices)), layout,
+                                 dtype)
     if max_memory_bytes is None:
-        # Host-platform devices share the host's memory; an accelerator has its own.
-        budget = default_budget() // len(devices)
-        if devices[0].platform != "cpu":
+        # Host-platform devices share their host's memory (with several processes, only this process's devices
+        # of the mesh do); an accelerator has its own, and only this process's devices can report it.
+        local = [d for d in devices if d.process_index == jax.process_index()] or devices
+        budget = default_budget() // len(local)
+        if local[0].platform != "cpu":
             try:
-                budget = int(devices[0].memory_stats()["bytes_limit"]) // 2
+                budget = int(local[0].memory_stats()["bytes_limit"]) // 2
             except Exception:  # backends that do not report memory keep the host-based budget
                 pass
     else:
         budget = int(max_memory_bytes)
     if per_device > budget:
         raise MemoryError(f"devices: A ({m} x {n}, k={k}) over {len(devices)} devices needs about "
-                          f"{gib(per_device)} per device, above the budget of {gib(budget)} (max_memory_bytes)")
+                          f"{gib(per_device)} per device in layout={layout!r}, above the budget of {gib(budget)} "
+                          "(max_memory_bytes)")
+    if layout == "sparse":
+        return shard_sparse_columns(A, dtype, devices)
     return shard_columns(A, dtype, devices)
 
 
@@ -535,7 +589,9 @@ def nmf(
             entries. A masked fit runs on the dense layout (sparse A is densified when it fits in 4 GiB, otherwise
             this raises), costs O(m n k^2) per iteration for the per-column Gram matrices, and a mask with no
             True entry runs the plain fit.
-        devices: shard the samples (columns of A, H) across these devices (see ``prepare``); one fit.
+        devices: shard the samples (columns of A, H) across these devices (see ``prepare``); one fit. The
+            returned arrays are replicated on every device. With several processes (``jax.distributed``) every
+            process calls ``nmf`` with the same arguments and ``devices=jax.devices()`` and gets the whole model.
         max_memory_bytes: memory budget of the fit in bytes (per device with ``devices``).
 
     Deviations from RcppML (reference §18): ‖A‖² is summed exactly in float64 (RcppML's float32 sum is biased by

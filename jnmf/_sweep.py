@@ -372,6 +372,9 @@ def sweep(
             Default: 16 per CPU device (larger batches run no faster per member on a CPU), every member on an
             accelerator. ``lanes`` >= the grid size is a plain ``vmap`` of the grid.
         devices: devices to shard the grid over (default ``jax.devices()``); members are dealt round-robin.
+            With several processes (``jax.distributed``) every process calls ``sweep`` with the same arguments
+            and gets the whole grid as numpy arrays (tests/test_multihost.py); give ``max_memory_bytes`` there,
+            so that every process plans the same chunks.
         max_memory_bytes: budget per device (default: half of the free device memory, or of the free host memory
             shared by CPU devices). A grid that does not fit runs in chunks, with a ``SweepChunkWarning``.
 
@@ -488,7 +491,7 @@ def sweep(
             # the host: a permutation of a sharded array would replicate it on every device.
             p = np.arange(real)
             rows = (p % n_dev) * per_dev + p // n_dev
-            out = jax.tree.map(lambda x, rows=rows: np.asarray(x)[rows], out)
+            out = jax.tree.map(lambda x, rows=rows: _host(x)[rows], out)
         # else: one device, one chunk of exactly the grid, rows already in member order
         parts.append(out)
     model = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts) if on_host else parts[0]
@@ -501,6 +504,16 @@ def sweep(
         warnings.warn(f"sweep: {bad} of {n_members} members produced non-finite values (see diagnostics()"
                       "['finite']); nmf() would raise FloatingPointError for them", RuntimeWarning, stacklevel=2)
     return result
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    """A sharded output on the host; with devices of several processes (``jax.distributed``), every process
+    gathers the whole array (each holds only its own devices' members)."""
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
 
 def _chunk_args(table, start: int, chunk: int, n_members: int, n_dev: int, mesh: Mesh):

@@ -32,7 +32,16 @@ def _max_rel(a, b):
 # sparse and dense layouts give the same model
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_sparse_and_dense_layouts_same_model_on_fixtures(toy_ref, hawaiibirds):
+@pytest.fixture(params=["host", "ell"])
+def sparse_kernel(request, monkeypatch):
+    """Run a test with each sparse kernel: scipy CSR on the host (CPU default) and EllBlocks gathers in XLA."""
+    import jnmf._data
+
+    monkeypatch.setattr(jnmf._data, "_SPARSE_KERNEL", request.param)
+    return request.param
+
+
+def test_sparse_and_dense_layouts_same_model_on_fixtures(toy_ref, hawaiibirds, sparse_kernel):
     # float32 (the default) on hawaiibirds: w and h are unit-scaled (atol), d carries the data's scale (rtol).
     dense = jnmf.nmf(hawaiibirds.A, 8, seed=42, layout="dense")
     sparse = jnmf.nmf(hawaiibirds.A, 8, seed=42, layout="sparse")
@@ -50,7 +59,7 @@ def test_sparse_and_dense_layouts_same_model_on_fixtures(toy_ref, hawaiibirds):
     assert _max_rel(sparse, dense) <= 1e-10
 
 
-def test_sparse_products_equal_dense_products_for_skewed_columns():
+def test_sparse_products_equal_dense_products_for_skewed_columns(sparse_kernel):
     # Column counts from 0 to all rows: columns cut into several pieces, empty columns, padded blocks.
     rng = np.random.default_rng(5)
     m, n = 300, 90
@@ -63,7 +72,11 @@ def test_sparse_products_equal_dense_products_for_skewed_columns():
         F, H = rng.random((4, m)), rng.random((4, n))
         np.testing.assert_allclose(np.asarray(data.left(F)), F @ dense, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(np.asarray(data.right(H)), H @ dense.T, rtol=1e-12, atol=1e-12)
-    assert data.cols.val.shape[-1] < m  # the full column was cut into pieces narrower than it
+    if sparse_kernel == "ell":
+        assert isinstance(data, jnmf.SparseData)
+        assert data.cols.val.shape[-1] < m  # the full column was cut into pieces narrower than it
+    else:
+        assert isinstance(data, jnmf.HostSparseData)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,8 +93,10 @@ _SHARDED = textwrap.dedent("""
     out = {"diff": [], "iters": []}
     with jax.enable_x64(True):
         for A, k, seed, kw in ((toy, 3, 1, {}), (toy, 3, 1, dict(solver="cd", L1=0.05, L2=0.1)),
-                               (birds, 8, 42, {}), (birds, 8, 42, dict(solver="cd", norm="L2"))):
-            one = jnmf.nmf(A, k, seed=seed, **kw)
+                               (birds, 8, 42, {}), (birds, 8, 42, dict(solver="cd", norm="L2")),
+                               (toy, 3, 1, dict(layout="sparse")), (birds, 8, 42, dict(layout="sparse")),
+                               (birds, 8, 42, dict(layout="sparse", solver="cd", L2=0.1))):
+            one = jnmf.nmf(A, k, seed=seed, **{**kw, "layout": "dense"})
             four = jnmf.nmf(A, k, seed=seed, devices=jax.devices(), **kw)
             assert four.h.shape == one.h.shape, (four.h.shape, one.h.shape)
             rel = [np.max(np.abs(np.asarray(getattr(four, f)) - np.asarray(getattr(one, f))))
@@ -94,6 +109,11 @@ _SHARDED = textwrap.dedent("""
         out["all_reduce"] = hlo.count("all-reduce")
         out["spec"] = [str(s) for s in problem.data.A.sharding.spec]
         out["padded"] = [problem.data.shape[1], problem.data.n_valid]
+        sparse = jnmf.prepare(toy, 3, seed=1, devices=jax.devices(), layout="sparse")
+        out["sparse_type"] = type(sparse.data).__name__
+        hlo = _solve_jit.lower(sparse).compile().as_text()
+        out["sparse_all_gather"] = hlo.count("all-gather")
+        out["sparse_all_reduce"] = hlo.count("all-reduce")
         try:
             jnmf.prepare(toy, 3, seed=1, devices=jax.devices(), target_H=np.ones((3, 30)), target_lambda=0.1)
         except ValueError as e:
@@ -115,14 +135,17 @@ def test_sharded_fit_equals_single_device(toy_ref, hawaiibirds, tmp_path):
     assert out["spec"] == ["None", "cols"]
     assert out["all_gather"] == 0 and out["all_reduce"] > 0
     assert out["padded"] == [32, 30]  # 30 samples padded to 32 over 4 devices
+    # The sparse layout: per-device blocks, shard_map products whose only communication is the psum of H A'.
+    assert out["sparse_type"] == "ShardedSparseData"
+    assert out["sparse_all_gather"] == 0 and out["sparse_all_reduce"] > 0
     assert "target_H" in out["error"]
 
 
 def test_devices_argument_is_validated(toy_ref):
     with pytest.raises(ValueError, match="devices must be"):
         jnmf.prepare(toy_ref["A"], 3, seed=1, devices=[])
-    with pytest.raises(ValueError, match="layout='sparse'"):
-        jnmf.prepare(toy_ref["A"], 3, seed=1, devices=jax.devices(), layout="sparse")
+    with pytest.raises(ValueError, match="layout must be one of 'auto', 'dense', 'sparse'"):
+        jnmf.prepare(toy_ref["A"], 3, seed=1, devices=jax.devices(), layout="csr")
     with pytest.raises(MemoryError, match="per device"):
         jnmf.prepare(toy_ref["A"], 3, seed=1, devices=jax.devices(), max_memory_bytes=100)
 
@@ -150,7 +173,7 @@ def test_auto_layout_follows_the_budget():
     assert sparse_need < dense_need
     assert isinstance(jnmf.prepare(S, k, seed=1).data, jnmf.DenseData)  # 8% non-zeros: dense preferred, fits
     small = jnmf.prepare(S, k, seed=1, max_memory_bytes=sparse_need)
-    assert isinstance(small.data, jnmf.SparseData)  # dense does not fit the budget, sparse does
+    assert isinstance(small.data, jnmf.HostSparseData)  # dense does not fit the budget, sparse (CPU kernel) does
     # Dense input too: a budget only the sparse layout meets gives the sparse layout, and the same model.
     a = jnmf.nmf(S.toarray(), k, seed=1, max_memory_bytes=sparse_need)
     b = jnmf.nmf(S.toarray(), k, seed=1)
