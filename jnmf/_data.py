@@ -6,8 +6,9 @@ Every layout provides the two products of an alternating update, ``F A`` (k x n,
 * ``SparseData`` (accelerators): A by columns and by rows as ``EllBlocks`` (each column cut into pieces of at
   most L non-zeros, padded to L); each product gathers the k-vectors of one block of pieces at a time and reduces
   them inside XLA, O(nnz k) time and O(nnz + block k) memory;
-* ``HostSparseData`` (CPU): A and A' as CSR on the host, multiplied by scipy on a thread pool through a
-  ``jax.pure_callback`` (about twice as fast as the gathers on CPU, where XLA's gather code is scalar).
+* ``HostSparseData`` (CPU): A and A' as CSR on the host, multiplied by a compiled kernel (``_csr_kernel``)
+  through a ``jax.pure_callback`` (about three times as fast as the gathers on CPU, where XLA's gather code is
+  scalar).
 
 A dense matrix may carry a mask of entries to ignore (missing data). Its A holds 0 at masked entries, so the
 products above are ``F (O * A)`` and ``H (O * A)'`` with O = 1 - mask, and it adds the per-column Gram matrices
@@ -19,9 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import os
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -30,16 +29,19 @@ import numpy as np
 import scipy.sparse as sp
 from jax import lax
 
+from ._csr_kernel import csr_times_t
 from ._memory import default_budget, estimate_memory, gib
 
 _HIGHEST = lax.Precision.HIGHEST
 
-# Crossover of the blocked sparse products (EllBlocks) with the dense GEMM, whole iterations at k = 20 on a 2-core
-# CPU (ms sparse/dense): 4,000 x 20,000 at 3% 17/31, 5% 26/32, 8% 38/31; 14,000 x 2,600 at 3% 9/14, 5% 12/15,
-# 8% 19/15, 15% 34/15. So sparse input is densified when it has >= 6% non-zeros and the dense working set fits
-# the memory budget (``_memory``). (The former gather + segment sum over all non-zeros lost to the GEMM down to
-# ~0.5%.)
-_DENSE_DENSITY = 0.06
+# Density from which sparse input is densified (when the dense working set fits the memory budget, ``_memory``):
+# the crossover of each sparse kernel with the dense GEMM, whole iterations at k = 20 on a 2-core CPU (ms
+# sparse/dense).
+# * host CSR kernel (CPU): 14,000 x 2,600 at 5% 7.4/15.6, 10% 12.3/15.8, 15% 16.9/15.2, 20% 21.7/15.4;
+#   4,000 x 20,000 at 5% 12.9/31.8, 10% 23.0/32.3, 15% 33.0/32.1, 20% 42.2/34.2: 14%.
+# * EllBlocks gathers: 4,000 x 20,000 at 3% 17/31, 5% 26/32, 8% 38/31; 14,000 x 2,600 at 3% 9/14, 5% 12/15,
+#   8% 19/15, 15% 34/15: 6% (measured on CPU; on accelerators, where this kernel runs, not yet measured).
+_DENSE_DENSITY = {"host": 0.14, "ell": 0.06}
 _DENSE_BYTES_LIMIT = 4 * 2**30
 
 
@@ -118,51 +120,18 @@ class EllBlocks:
 # Host sparse kernel (CPU) ------------------------------------------------------------------------------------------
 #
 # XLA's CPU backend has no sparse product, and its gather codegen is scalar: the EllBlocks products above run at
-# ~0.2 ns per multiply-add (14,000 x 2,600 at 15%, k = 20: 16-17 ms each on 2 cores), while scipy's compiled CSR
-# product runs the same in ~17 ms on one thread and ~9 ms on two (it releases the GIL). On CPU the fit therefore
-# calls scipy from inside the jit-compiled driver (``jax.pure_callback``), on a thread pool over row ranges of
-# equal non-zeros. The matrix stays on the host in a registry and the program receives only an int32 key: as an
-# operand the ~nnz-sized arrays would be copied into the callback at every call (13 ms for 44 MB), and as static
-# data the compilation cache would keep every fitted matrix alive (and reuse a program for another matrix).
+# ~0.2 ns per multiply-add (14,000 x 2,600 at 15%, k = 20: 16-17 ms each on 2 cores). On CPU the fit therefore
+# calls a compiled CSR kernel (``_csr_kernel``, 4.5-6 ms there) from inside the jit-compiled driver through
+# ``jax.pure_callback``. The matrix stays on the host in a registry and the program receives only an int32 key: as
+# an operand the ~nnz-sized arrays would be copied into the callback at every call (13 ms for 44 MB), and as
+# static data the compilation cache would keep every fitted matrix alive (and reuse a program for another matrix).
 
-_HOST_REGISTRY: dict[int, tuple[_HostCSR, _HostCSR]] = {}
+_HOST_REGISTRY: dict[int, tuple[sp.csr_matrix, sp.csr_matrix]] = {}
 _HOST_REFS: dict[int, int] = {}  # live HostSparseData instances per registry entry
 _HOST_KEYS = itertools.count(1)
-_HOST_POOL: list[ThreadPoolExecutor] = []
-# Below this many non-zeros one scipy call beats dispatching pieces to threads.
-_HOST_MIN_PARALLEL_NNZ = 200_000
 
 
-def _host_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-class _HostCSR:
-    """A CSR matrix M (r, q) on the host, cut into row ranges of about equal non-zeros (one per thread), for
-    ``X M'`` (K, r) with X (K, q)."""
-
-    def __init__(self, M: sp.csr_matrix, threads: int):
-        self.shape = M.shape
-        parts = threads if M.nnz >= _HOST_MIN_PARALLEL_NNZ else 1
-        cuts = np.searchsorted(M.indptr, np.linspace(0, M.nnz, parts + 1), side="left")
-        cuts[0], cuts[-1] = 0, M.shape[0]
-        self.pieces = [M[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a] or [M]
-
-    def times_t(self, X: np.ndarray) -> np.ndarray:
-        XT = np.ascontiguousarray(X.T)
-        if len(self.pieces) == 1:
-            out = self.pieces[0] @ XT
-        else:
-            if not _HOST_POOL:
-                _HOST_POOL.append(ThreadPoolExecutor(_host_threads(), thread_name_prefix="jnmf-sparse"))
-            out = np.concatenate(list(_HOST_POOL[0].map(lambda P: P @ XT, self.pieces)), axis=0)
-        return np.ascontiguousarray(out.T)
-
-
-def _host_lookup(key: Any) -> tuple[_HostCSR, _HostCSR]:
+def _host_lookup(key: Any) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     k = int(np.asarray(key).ravel()[0])
     try:
         return _HOST_REGISTRY[k]
@@ -183,9 +152,8 @@ def _host_times(key: Any, words: Any, which: int, dtype: str) -> np.ndarray:
     if X.ndim == words.ndim and words.dtype.itemsize != X.dtype.itemsize:
         X = X[..., 0]  # (..., q, 2) words of a 64-bit float -> (..., q)
     lead = X.shape[:-1]
-    out = M.times_t(X.reshape(-1, X.shape[-1])).astype(dtype, copy=False)
-    out = np.ascontiguousarray(out.reshape(*lead, M.shape[0]))
-    return out.view(np.uint32).reshape(*lead, M.shape[0], *words.shape[X.ndim:])
+    out = csr_times_t(M.indptr, M.indices, M.data, X.reshape(-1, X.shape[-1]))
+    return out.reshape(*lead, M.shape[0]).view(np.uint32).reshape(*lead, M.shape[0], *words.shape[X.ndim:])
 
 
 def _host_call(key: jax.Array, X: jax.Array, which: int, rows: int) -> jax.Array:
@@ -219,8 +187,8 @@ _host_product.defvjp(_host_product_fwd, _host_product_bwd)
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class HostSparseData:
-    """A sparse (m, n) data matrix held on the host as CSR (of A and of A'), multiplied by scipy on a thread pool
-    from inside the jit-compiled fit (the CPU kernel; see the comment above ``_HostCSR``).
+    """A sparse (m, n) data matrix held on the host as CSR (of A and of A'), multiplied by ``_csr_kernel`` from
+    inside the jit-compiled fit (the CPU kernel; see the comment above ``_HOST_REGISTRY``).
 
     ``key`` (an int32 scalar, the pytree's only leaf) names the matrix in a host registry. Every concrete instance
     (also the copies that flattening makes: ``device_put``, ``tree_map``) holds a reference to the entry, which is
@@ -258,9 +226,8 @@ def host_sparse(A: sp.spmatrix | sp.sparray, dtype: Any) -> HostSparseData:
     csr.sort_indices()
     csr_t = sp.csr_matrix(csr.T)
     csr_t.sort_indices()
-    threads = _host_threads()
     key = next(_HOST_KEYS)
-    _HOST_REGISTRY[key] = (_HostCSR(csr_t, threads), _HostCSR(csr, threads))
+    _HOST_REGISTRY[key] = (csr_t, csr)
     return HostSparseData(key=jnp.asarray(key, jnp.int32), shape=tuple(int(s) for s in csr.shape))
 
 
@@ -381,10 +348,12 @@ def _sparse_from_scipy(A: sp.spmatrix | sp.sparray, dtype: Any, bucket: bool = F
                       shape=tuple(int(s) for s in csc.shape))
 
 
-def choose_layout(A: Any, layout: str, itemsize: int, k: int = 1, max_memory_bytes: int | None = None) -> str:
+def choose_layout(A: Any, layout: str, itemsize: int, k: int = 1, max_memory_bytes: int | None = None,
+                  sparse_kernel: str = "auto") -> str:
     """Resolve ``layout="auto"`` against a memory budget, and check that the chosen layout fits.
 
-    ``"auto"`` prefers dense for dense input and for sparse input with >= 6% non-zeros, sparse otherwise; when
+    ``"auto"`` prefers dense for dense input and for sparse input with at least ``_DENSE_DENSITY`` non-zeros for
+    the sparse kernel (14% on CPU, 6% elsewhere), sparse otherwise; when
     the preferred layout's working set (``estimate_memory`` at rank k) exceeds ``max_memory_bytes`` (default: half
     of physical memory) it takes the other one. Raises ``MemoryError`` naming both sizes when nothing fits, or
     when an explicit ``"dense"``/``"sparse"`` does not fit.
@@ -398,7 +367,7 @@ def choose_layout(A: Any, layout: str, itemsize: int, k: int = 1, max_memory_byt
         nonlocal nnz
         if lay == "sparse" and nnz is None:
             nnz = int(A.nnz) if sp.issparse(A) else int(np.count_nonzero(np.asarray(A)))
-        return estimate_memory(m, n, k, nnz, lay, dtype)
+        return estimate_memory(m, n, k, nnz, lay, dtype, sparse_kernel_for(sparse_kernel))
 
     if layout != "auto":
         if need(layout) > budget:
@@ -408,7 +377,8 @@ def choose_layout(A: Any, layout: str, itemsize: int, k: int = 1, max_memory_byt
         return layout
     if sp.issparse(A):
         density = A.nnz / max(m * n, 1)
-        order = ("dense", "sparse") if density >= _DENSE_DENSITY else ("sparse", "dense")
+        dense_from = _DENSE_DENSITY[sparse_kernel_for(sparse_kernel)]
+        order = ("dense", "sparse") if density >= dense_from else ("sparse", "dense")
     else:
         order = ("dense", "sparse")
     for lay in order:
@@ -499,7 +469,7 @@ def prepare_data(A: Any, dtype: Any, layout: str = "auto", mask: np.ndarray | No
         return DenseData(jnp.asarray(dense, dtype), jnp.asarray(mask, bool))
     if layout not in ("auto", "dense", "sparse"):
         raise ValueError(f"layout must be 'auto', 'dense' or 'sparse', got {layout!r}")
-    layout = choose_layout(A, layout, np.dtype(dtype).itemsize, k, max_memory_bytes)
+    layout = choose_layout(A, layout, np.dtype(dtype).itemsize, k, max_memory_bytes, sparse_kernel)
     if layout == "dense":
         dense = A.toarray() if sp.issparse(A) else A
         return DenseData(jnp.asarray(dense, dtype))

@@ -491,8 +491,8 @@ def _sharded_data(A, dtype, layout, M, TH, L1, nonneg, k, devices,
     m, n = A.shape
     n_local = -(-n // len(devices))
     nnz = int(A.nnz) if sp.issparse(A) else None
-    if layout == "auto":  # the single-device rule (choose_layout), on one device's share of A
-        layout = "sparse" if nnz is not None and nnz < _DENSE_DENSITY * m * n else "dense"
+    if layout == "auto":  # the single-device rule (choose_layout) for the kernel of sharded sparse data
+        layout = "sparse" if nnz is not None and nnz < _DENSE_DENSITY["ell"] * m * n else "dense"
     if layout == "sparse" and nnz is None:
         nnz = int(np.count_nonzero(np.asarray(A)))
     per_device = estimate_memory(m, n_local, k, None if layout == "dense" else -(-nnz // len(devices)), layout,
@@ -554,10 +554,12 @@ def nmf(
 
     Args:
         A: (m, n) non-negative data: numpy, jax or scipy.sparse. ``layout="auto"`` keeps dense input dense and
-            densifies sparse input only when it has >= 6% non-zeros, each only when its working set fits the
-            memory budget (``max_memory_bytes``, default half of physical memory; ``estimate_memory``), else the
-            other layout; ``MemoryError`` when neither fits. The sparse path runs in O(nnz k) memory and time per
-            product, never forming the dense matrix.
+            densifies sparse input only when it has >= 14% non-zeros on CPU (6% on accelerators), each only when
+            its working set fits the memory budget (``max_memory_bytes``, default half of physical memory;
+            ``estimate_memory``), else the other layout; ``MemoryError`` when neither fits. The sparse path runs
+            in O(nnz k) memory and time per product, never forming the dense matrix: on CPU a compiled CSR kernel
+            called from the jit-compiled fit (``HostSparseData``; reverse-mode differentiable, not forward-mode),
+            on accelerators XLA gathers (``SparseData``).
         k: rank, ``1 <= k <= min(m, n)``.
         tol, maxit: stop when the relative change of the total squared error stays below ``tol`` for 5
             consecutive iterations (RcppML's rule), or after ``maxit`` iterations.

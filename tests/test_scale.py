@@ -159,6 +159,7 @@ def test_estimate_memory_counts_data_and_factors():
     factors = 6 * k * (m + n) * 4
     assert estimate_memory(m, n, k, layout="dense") == m * n * 4 + factors
     assert estimate_memory(m, n, k, 5000, "sparse") == 4 * 5000 * 8 + (10000 + 5000 // 8) * k * 4 + factors
+    assert estimate_memory(m, n, k, 5000, "sparse", sparse_kernel="host") == 2 * 5000 * 8 + 3002 * 4 + factors
     assert estimate_memory(m, n, k, layout="dense", dtype=np.float64) == 2 * estimate_memory(m, n, k)
     with pytest.raises(ValueError, match="needs nnz"):
         estimate_memory(m, n, k, layout="sparse")
@@ -167,11 +168,11 @@ def test_estimate_memory_counts_data_and_factors():
 def test_auto_layout_follows_the_budget():
     rng = np.random.default_rng(0)
     m, n, k = 1000, 1000, 2
-    S = sp.random(m, n, density=0.08, random_state=rng, format="csc")
+    S = sp.random(m, n, density=0.2, random_state=rng, format="csc")
     dense_need = estimate_memory(m, n, k, layout="dense")
-    sparse_need = estimate_memory(m, n, k, S.nnz, "sparse")
+    sparse_need = estimate_memory(m, n, k, S.nnz, "sparse", sparse_kernel="host")  # the CPU kernel
     assert sparse_need < dense_need
-    assert isinstance(jnmf.prepare(S, k, seed=1).data, jnmf.DenseData)  # 8% non-zeros: dense preferred, fits
+    assert isinstance(jnmf.prepare(S, k, seed=1).data, jnmf.DenseData)  # 20% non-zeros: dense preferred, fits
     small = jnmf.prepare(S, k, seed=1, max_memory_bytes=sparse_need)
     assert isinstance(small.data, jnmf.HostSparseData)  # dense does not fit the budget, sparse (CPU kernel) does
     # Dense input too: a budget only the sparse layout meets gives the sparse layout, and the same model.
