@@ -42,6 +42,10 @@ _HIGHEST = lax.Precision.HIGHEST
 # * EllBlocks gathers: 4,000 x 20,000 at 3% 17/31, 5% 26/32, 8% 38/31; 14,000 x 2,600 at 3% 9/14, 5% 12/15,
 #   8% 19/15, 15% 34/15: 6% (measured on CPU; on accelerators, where this kernel runs, not yet measured).
 _DENSE_DENSITY = {"host": 0.14, "ell": 0.06}
+# Below this many entries (16 MB in float32) a sparse A is densified whatever its density: the two callbacks of
+# the host kernel cost ~0.3 ms an iteration, more than the GEMMs (5% non-zeros, k = 20, ms sparse/dense:
+# 300 x 1,000 0.36/0.18, 1,000 x 3,000 1.29/0.93, 2,000 x 5,000 2.29/3.99).
+_DENSE_ENTRIES = 2**22
 _DENSE_BYTES_LIMIT = 4 * 2**30
 
 
@@ -353,7 +357,7 @@ def choose_layout(A: Any, layout: str, itemsize: int, k: int = 1, max_memory_byt
     """Resolve ``layout="auto"`` against a memory budget, and check that the chosen layout fits.
 
     ``"auto"`` prefers dense for dense input and for sparse input with at least ``_DENSE_DENSITY`` non-zeros for
-    the sparse kernel (14% on CPU, 6% elsewhere), sparse otherwise; when
+    the sparse kernel (14% on CPU, 6% elsewhere) or at most ``_DENSE_ENTRIES`` (4M) entries, sparse otherwise; when
     the preferred layout's working set (``estimate_memory`` at rank k) exceeds ``max_memory_bytes`` (default: half
     of physical memory) it takes the other one. Raises ``MemoryError`` naming both sizes when nothing fits, or
     when an explicit ``"dense"``/``"sparse"`` does not fit.
@@ -378,7 +382,8 @@ def choose_layout(A: Any, layout: str, itemsize: int, k: int = 1, max_memory_byt
     if sp.issparse(A):
         density = A.nnz / max(m * n, 1)
         dense_from = _DENSE_DENSITY[sparse_kernel_for(sparse_kernel)]
-        order = ("dense", "sparse") if density >= dense_from else ("sparse", "dense")
+        prefer_dense = density >= dense_from or m * n <= _DENSE_ENTRIES
+        order = ("dense", "sparse") if prefer_dense else ("sparse", "dense")
     else:
         order = ("dense", "sparse")
     for lay in order:

@@ -554,12 +554,12 @@ def nmf(
 
     Args:
         A: (m, n) non-negative data: numpy, jax or scipy.sparse. ``layout="auto"`` keeps dense input dense and
-            densifies sparse input only when it has >= 14% non-zeros on CPU (6% on accelerators), each only when
-            its working set fits the memory budget (``max_memory_bytes``, default half of physical memory;
-            ``estimate_memory``), else the other layout; ``MemoryError`` when neither fits. The sparse path runs
-            in O(nnz k) memory and time per product, never forming the dense matrix: on CPU a compiled CSR kernel
-            called from the jit-compiled fit (``HostSparseData``; reverse-mode differentiable, not forward-mode),
-            on accelerators XLA gathers (``SparseData``).
+            densifies sparse input only when it has >= 14% non-zeros on CPU (6% on accelerators) or at most 4M
+            entries, each only when its working set fits the memory budget (``max_memory_bytes``, default half
+            of physical memory; ``estimate_memory``), else the other layout; ``MemoryError`` when neither fits.
+            The sparse path runs in O(nnz k) memory and time per product, never forming the dense matrix: on CPU
+            a compiled CSR kernel called from the jit-compiled fit (``HostSparseData``; reverse-mode
+            differentiable, not forward-mode), on accelerators XLA gathers (``SparseData``).
         k: rank, ``1 <= k <= min(m, n)``.
         tol, maxit: stop when the relative change of the total squared error stays below ``tol`` for 5
             consecutive iterations (RcppML's rule), or after ``maxit`` iterations.
