@@ -2,8 +2,8 @@
 
 ``nmf_chunked(paths, k, ...)`` factors ``A = [A_1 | A_2 | ...]`` (m x n) given as files written by
 ``scipy.sparse.save_npz`` (or in-memory matrices), each holding consecutive columns (samples). It runs the
-iterations of ``nmf()`` with the same arguments (same kernels, same stopping rule, same iteration count; equal
-to float rounding), as a host-level loop around jit-compiled per-chunk kernels:
+iterations of ``nmf()`` with the same arguments, targets and missing data included (same kernels, same stopping
+rule, same iteration count; equal to float rounding), as a host-level loop around jit-compiled per-chunk kernels:
 
 * H update, chunk by chunk: column block ``H_c`` solves the NNLS with ``G = W W' (+ L2)`` and ``B = W A_c (- L1)``,
   which needs only W; the same pass accumulates ``R = sum_c H_c A_c'`` (k x m) from the raw ``H_c``;
@@ -13,27 +13,44 @@ to float rounding), as a host-level loop around jit-compiled per-chunk kernels:
 * W update from ``G = H H'`` and ``B = H A'`` (k x k and k x m), loss by the Gram identity with ``|A|^2`` summed
   once over the chunks, as ``step`` does.
 
-Each chunk is put in the solver's dense or sparse layout by the ``layout="auto"`` rule against the memory budget
-(``choose_layout``); sparse chunks round their block shapes up to powers of two so that chunks of similar size
-reuse one compiled kernel. Targets and masks couple columns or need dense per-column Gram
-matrices, and are not supported here.
+Targets. ``target_H`` (k x n, the size of H) is held in memory and sliced per chunk: enrichment (lambda > 0:
+``G + lam I``, ``B_c + lam T_c``) is per column, and PROJ_ADV (``G - |lam| a G_T``) needs only ``G_T = T T' / n``
+of the whole T, formed once. ``removal="project"`` with lambda < 0 projects ``B = W A`` off T's class contrasts,
+which mixes all columns of B (its class means over all samples), so no column of H can be solved before every
+chunk is read: B (k x n) is formed in a first read, projected in memory as ``nmf()`` does, and H solved block by
+block in a second read (two reads per iteration). ``target_W`` acts on the W update, which is in memory.
+
+Missing data (``masks``, NaN entries). When any chunk has a masked entry the fit is masked, as ``nmf(mask=...)``
+is: every chunk takes the dense layout with its mask (all False where it has none), column j of the H update
+solves with its own ``G_j = W diag(o_j) W'``, and the W update's per-row ``G_i = H diag(o_i) H'`` are summed over
+the chunks in the same read (``m x k x k``, from the raw blocks, rescaled by ``1/(d_a d_b)`` like R). The loss
+of a masked fit is the SSE over observed entries of the new W and H, formed directly as ``nmf()`` does; it needs
+A again, so iteration t's loss is summed in the read of iteration t+1 (convergence is decided before that read's
+H update is used) and one read after the last iteration: iterations + 1 reads in all, not 2 x iterations.
+
+Each unmasked chunk is put in the solver's dense or sparse layout by the ``layout="auto"`` rule against the memory
+budget (``choose_layout``), sparse with the platform's kernel (``sparse_kernel_for``): EllBlocks chunks round their
+block shapes up to powers of two so that chunks of similar size reuse one compiled kernel; a host-CSR chunk
+(``HostSparseData``, CPU) is kept until the products dispatched on it are done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
+from jax import lax
 
 from . import _validate as V
-from ._data import DenseData, SparseData, prepare_data, squared_norm
-from ._features import scale_rows
+from ._data import DenseData, HostSparseData, SparseData, holds_host_data, prepare_data, split_mask, squared_norm
+from ._features import GRAM_JITTER, removal_project_rhs, scale_rows, target_gram
 from ._model import NMFModel
 from ._solve import (
     _check_finite,
@@ -49,32 +66,129 @@ from ._solve import (
 
 __all__ = ["nmf_chunked"]
 
-
-def _load(chunk: Any, i: int) -> Any:
-    if isinstance(chunk, (str, os.PathLike)):
-        chunk = sp.load_npz(chunk)
-    return V.check_data(chunk, f"chunks[{i}]")
+_HIGHEST = lax.Precision.HIGHEST
 
 
-def _as_data(A: Any, dtype: Any, k: int, budget: int | None) -> DenseData | SparseData:
-    # bucket: power-of-two piece width and block count, so that chunks of similar size share compiled kernels.
-    return prepare_data(A, dtype, "auto", k=k, max_memory_bytes=budget, bucket=True)
+def _is_path(item: Any) -> bool:
+    return isinstance(item, (str, os.PathLike))
+
+
+def _shape_of(item: Any, name: str) -> tuple[int, int]:
+    """Shape of a chunk or a mask without reading its values (a ``save_npz`` file stores it apart)."""
+    if _is_path(item):
+        with np.load(item) as z:
+            if "shape" in z.files and "format" in z.files:
+                shape = tuple(int(s) for s in z["shape"])
+            else:
+                shape = None
+        if shape is None:
+            shape = tuple(sp.load_npz(item).shape)  # not a save_npz file: scipy names the problem
+    elif sp.issparse(item):
+        shape = tuple(int(s) for s in item.shape)
+    elif item is None or isinstance(item, bytes):
+        raise TypeError(f"{name} must be a .npz path, a numpy/jax array or a scipy.sparse matrix, "
+                        f"got {type(item).__name__}")
+    else:
+        shape = tuple(int(s) for s in np.shape(item))
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be a 2-D matrix (features x samples), got shape {shape}")
+    if 0 in shape:
+        raise ValueError(f"{name} is empty (shape {shape}); it needs at least one row and one column")
+    return shape
+
+
+def _read_mask(mask: Any, i: int) -> np.ndarray | None:
+    if mask is None:
+        return None
+    M = sp.load_npz(mask) if _is_path(mask) else mask
+    M = M.toarray() if sp.issparse(M) else np.asarray(M)
+    if M.dtype != bool:
+        if not (np.issubdtype(M.dtype, np.integer) or np.issubdtype(M.dtype, np.floating)) or not np.all(
+                (M == 0) | (M == 1)):
+            raise ValueError(f"masks[{i}] must be boolean (True = ignore the entry) or 0/1, got dtype {M.dtype}")
+        M = M.astype(bool)
+    return M
+
+
+def _read(chunk: Any, mask: Any, i: int, itemsize: int) -> tuple[Any, np.ndarray | None]:
+    """Chunk i checked, with NaN entries folded into its mask and masked entries zeroed (``split_mask``):
+    ``(A_i, None)`` when nothing in it is masked."""
+    A = sp.load_npz(chunk) if _is_path(chunk) else chunk
+    try:
+        A, M = split_mask(A, _read_mask(mask, i), itemsize)
+    except ValueError as e:  # e.g. a chunk too large for the dense layout that masked fits use
+        raise ValueError(f"chunks[{i}]: {e}") from None
+    return V.check_data(A, f"chunks[{i}]"), M
+
+
+@functools.partial(jax.jit, static_argnames=("config", "has_target"))
+def _h_chunk(W, H_prev, data, rhs, warm, hyper, T, G_T, config, has_target):
+    """Raw H block (k, n_c) of one chunk (before the global scaling), its ``H_c A_c'`` (k, m) and, for masked
+    data, its per-row Gram sums ``sum_j o_ij h_j h_j'`` as (k*k, m). ``rhs``: ``W A_c`` already modified for the
+    target (two-read removal), or None to form ``W A_c`` here."""
+    Gs = data.left_grams(W) if config.masked else None
+    X, _, _ = _solve_raw(W, H_prev, data.left(W) if rhs is None else rhs, 1, warm, config, hyper, T, G_T,
+                         has_target, Gs)
+    S = None
+    if config.masked:
+        # As _masked_grams, but without its jitter: that is added once, to the sum over chunks (_w_step).
+        k = X.shape[0]
+        observed = jnp.logical_not(data.mask).astype(X.dtype)
+        S = jnp.dot((X[:, None, :] * X[None, :, :]).reshape(k * k, -1), observed.T, precision=_HIGHEST)
+    return X, data.right(X), S
+
+
+@jax.jit
+def _left(W, data):
+    return data.left(W)
+
+
+@jax.jit
+def _chunk_sse(data, dW, H):
+    return data.observed_sse(dW, H)
+
+
+@functools.partial(jax.jit, static_argnames=("bounds",))
+def _project_rhs(blocks, hyper, G_T, bounds):
+    """``removal="project"`` on the whole ``B = W A - L1`` (k, n) from its chunk blocks, as ``apply_target`` does
+    in ``nmf()`` (G is not used there); returns B's blocks again."""
+    B = jnp.concatenate(blocks, axis=1) - hyper.L1[1]
+    eye = jnp.eye(B.shape[0], dtype=B.dtype)
+    B = removal_project_rhs(eye, B, hyper.target_H, G_T, hyper.target_lambda[1])[1]
+    return jnp.split(B, bounds, axis=1)
+
+
+class _Unscored(NamedTuple):
+    """A masked fit's model after a W update, before its loss (the observed SSE) is known."""
+
+    dW: jax.Array  # (k, m): diag(d) W'
+    W: jax.Array  # (k, m): unit-scaled W'
+    H: jax.Array  # (k, n): unit-scaled H
+    d: jax.Array  # (k,)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _h_chunk(W, H_prev, data, warm, hyper, config):
-    """Raw H block (k, n_c) for one chunk (before the global scaling) and its ``H_c A_c'`` (k, m)."""
-    X, _, _ = _solve_raw(W, H_prev, data.left(W), 1, warm, config, hyper, None, None, False)
-    return X, data.right(X)
+def _w_step(state, H_raw, R, S, sq_norm, hyper, G_TW, config):
+    """Scale H, update W from ``H A' = diag(1/d_H) R`` (and, masked, the per-row Grams ``S / (d_a d_b)``).
 
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def _w_step(state, H_raw, R, sq_norm, hyper, config):
-    """Scale H, update W from ``H A' = diag(1/d_H) R``, loss by the Gram identity, convergence bookkeeping."""
+    Unmasked: the loss by the Gram identity and the convergence bookkeeping; returns the next state. Masked:
+    returns the new model as ``_Unscored``: its loss, the observed SSE, needs A, and the next read sums it.
+    """
     d_H, H = scale_rows(H_raw, config.norm)
-    d, W, G_w, B_w = _update(H, state.W, R / d_H[:, None], 0, state.n_iter > 0, config, hyper, None, None, False)
+    Gs = None
+    if config.masked:
+        k = config.k
+        S = S / (d_H[:, None] * d_H[None, :]).reshape(k * k, 1)
+        Gs = jnp.moveaxis(S.reshape(k, k, -1), -1, 0) + GRAM_JITTER * jnp.eye(k, dtype=S.dtype)
+    d, W, G_w, B_w = _update(H, state.W, R / d_H[:, None], 0, state.n_iter > 0, config, hyper,
+                             hyper.target_W, G_TW, config.target_W, Gs)
+    if config.masked:
+        return _Unscored(d[:, None] * W, W, H, d)
     loss = gram_identity_sse(sq_norm, d, W, G_w, B_w)
     return advance(state, W, H, d, loss, hyper.tol, config.patience)
+
+
+_advance = jax.jit(advance, static_argnames=("patience_limit",))
 
 
 def nmf_chunked(
@@ -92,6 +206,11 @@ def nmf_chunked(
     solver: str = "auto",
     norm: str = "L1",
     sort: bool = True,
+    target_H: Any = None,
+    target_W: Any = None,
+    target_lambda: Any = 0.0,
+    removal: str = "proj_adv",
+    masks: Sequence[Any] | None = None,
     cd_maxit: int = 100,
     cd_tol: float = 1e-8,
     dtype: Any = None,
@@ -99,48 +218,169 @@ def nmf_chunked(
 ) -> NMFModel:
     """``nmf()`` of ``A = hstack(chunks)`` (m x n), reading one column chunk at a time (module docstring).
 
+    Minimises ``sum_{ij observed} (A_ij - (W H)_ij)^2`` (+ the penalties and targets of ``nmf``) over W (m, k) and
+    H (k, n), with H's columns split as A's are.
+
     Args:
         chunks: paths of ``scipy.sparse.save_npz`` files (or scipy.sparse / numpy matrices), each (m, n_c),
             consecutive columns of A in order. Every chunk is read once to check it and sum ``|A|^2``, then once
-            per iteration.
+            per iteration (twice with ``removal="project"`` and a negative H lambda; once more at the end of a
+            masked fit).
         k, tol, maxit, seed, w_init, L1, L2, nonneg, upper_bound, solver, norm, sort, cd_maxit, cd_tol, dtype:
             as ``nmf``; ``seed`` as an int draws the same initial W as ``nmf`` (it depends on m and k only).
-        max_memory_bytes: budget for one chunk's working set (default half of physical memory); each chunk
-            takes the dense or sparse layout by ``layout="auto"``'s rule, ``MemoryError`` if neither fits.
+        target_H: (k, n) target for the H update, in memory, for all n columns (column block c goes with chunk
+            c); as ``nmf``.
+        target_W: (m, k) target for the W update; as ``nmf``.
+        target_lambda, removal: as ``nmf``: a scalar (every target given) or a (W, H) pair; a negative lambda
+            removes the target's information by ``removal="proj_adv"`` or ``"project"`` (the latter reads every
+            chunk twice per iteration: it needs ``W A`` whole before H can be solved).
+        masks: entries to ignore (missing data), a sequence aligned with ``chunks``: ``masks[i]`` is None, a
+            boolean (or 0/1) array or scipy.sparse matrix of chunk i's shape, or the path of such a matrix saved
+            by ``scipy.sparse.save_npz``; True = ignore. NaN entries of a chunk are masked as well. A masked fit
+            (any masked entry) runs every chunk in the dense layout (at most 4 GiB each), solves per-column and
+            per-row Gram matrices (``m k^2`` memory for the W side), and its ``loss`` is the SSE over observed
+            entries, as ``nmf(mask=...)``.
+        max_memory_bytes: budget for one unmasked chunk's working set (default half of physical memory); each
+            such chunk takes the dense or sparse layout by ``layout="auto"``'s rule, ``MemoryError`` if neither
+            fits.
 
-    Returns an ``NMFModel`` (jax arrays, as from ``nmf``) with ``h`` (k, n) in memory.
+    Returns an ``NMFModel`` (jax arrays, as from ``nmf``) with ``h`` (k, n) in memory; the same model as
+    ``nmf(hstack(chunks), k, ...)`` with ``mask=hstack(masks)``, to float rounding, in the same iterations.
+    Raises before reading any chunk's values when arguments, chunk shapes, targets or mask shapes disagree.
     """
-    if isinstance(chunks, (str, os.PathLike)) or not isinstance(chunks, Sequence) or len(chunks) == 0:
+    if _is_path(chunks) or not isinstance(chunks, Sequence) or len(chunks) == 0:
         raise TypeError(f"chunks must be a non-empty sequence of .npz paths or matrices, got {chunks!r}")
-    # One pass: shapes, values and |A|^2 (exact float64 sum, as squared_norm in prepare).
-    widths, sq_norm, m = [], 0.0, None
-    for i, chunk in enumerate(chunks):
-        A_c = _load(chunk, i)
-        if m is not None and A_c.shape[0] != m:
-            raise ValueError(f"chunks[{i}] has {A_c.shape[0]} rows, chunks[0] has {m}: chunks must share the rows")
-        m = A_c.shape[0]
-        widths.append(A_c.shape[1])
-        sq_norm += squared_norm(A_c)
+    if masks is None:
+        masks = [None] * len(chunks)
+    elif _is_path(masks) or not isinstance(masks, Sequence):
+        raise TypeError(f"masks must be None or a sequence aligned with chunks (None, a matrix or a .npz path "
+                        f"per chunk), got {type(masks).__name__}")
+    elif len(masks) != len(chunks):
+        raise ValueError(f"masks has {len(masks)} entries but chunks has {len(chunks)}; give one per chunk "
+                         "(None for a chunk without masked entries)")
+    if max_memory_bytes is not None:
+        max_memory_bytes = V.check_int(max_memory_bytes, "max_memory_bytes", 1)
+
+    # Shapes first (a .npz file's shape is read without its values), so every argument is checked before the
+    # data are read.
+    shapes = [_shape_of(c, f"chunks[{i}]") for i, c in enumerate(chunks)]
+    m = shapes[0][0]
+    for i, (rows, _) in enumerate(shapes):
+        if rows != m:
+            raise ValueError(f"chunks[{i}] has {rows} rows, chunks[0] has {m}: chunks must share the rows")
+    for i, mask in enumerate(masks):
+        if mask is not None and (shape := _shape_of(mask, f"masks[{i}]")) != shapes[i]:
+            raise ValueError(f"masks[{i}] must have the shape of chunks[{i}], {shapes[i]}, got {shape}")
+    widths = [s[1] for s in shapes]
     n = sum(widths)
-    # Validation, initial W, Config and Hyper exactly as nmf() builds them: prepare() on an empty stand-in of A's
-    # shape (its data are never used).
+    # Validation, initial W, Config and Hyper (targets included) exactly as nmf() builds them: prepare() on an
+    # empty stand-in of A's shape (its data are never used).
     problem = prepare(sp.csc_matrix((m, n)), k, tol=tol, maxit=maxit, seed=seed, w_init=w_init, L1=L1, L2=L2,
                       nonneg=nonneg, upper_bound=upper_bound, solver=solver, norm=norm, sort=sort,
+                      target_H=target_H, target_W=target_W, target_lambda=target_lambda, removal=removal,
                       cd_maxit=cd_maxit, cd_tol=cd_tol, layout="sparse", dtype=dtype)
-    config, hyper = problem.config, problem.hyper
     dt = problem.w_init.dtype
+    itemsize = np.dtype(dt).itemsize
+
+    # One read: values, NaN and masks, and |A|^2 (exact float64 sum, as squared_norm in prepare).
+    sq_norm, masked = 0.0, False
+    for i, chunk in enumerate(chunks):
+        A_c, M_c = _read(chunk, masks[i], i, itemsize)
+        masked = masked or M_c is not None
+        sq_norm += squared_norm(A_c)
+    config, hyper = problem.config, problem.hyper
+    if masked:
+        config = dataclasses.replace(config, masked=True)
+        problem = problem.replace(config=config)
+    # maxit only sizes the loss history (init_state) and stops the host loop; without it in the kernels' static
+    # config, fits that differ only in maxit reuse the compiled per-chunk programs.
+    kconfig = dataclasses.replace(config, maxit=1)
+
+    def load(i: int) -> DenseData | SparseData | HostSparseData:
+        A_c, M_c = _read(chunks[i], masks[i], i, itemsize)
+        if config.masked:  # as nmf(mask=...): every column of a masked fit solves with its own Gram matrix
+            return prepare_data(A_c, dt, mask=np.zeros(A_c.shape, bool) if M_c is None else M_c)
+        # bucket: power-of-two piece width and block count, so that chunks of similar size share compiled kernels
+        return prepare_data(A_c, dt, "auto", k=config.k, max_memory_bytes=max_memory_bytes, bucket=True)
+
+    starts = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+    cols = [slice(int(lo), int(hi)) for lo, hi in zip(starts[:-1], starts[1:], strict=True)]
+    TH = None if hyper.target_H is None else np.asarray(hyper.target_H)
+    T_blocks = [None if TH is None else jnp.asarray(TH[:, c]) for c in cols]
+    G_TH = None if TH is None else target_gram(hyper.target_H)  # of the whole T, as _solve_jit
+    G_TW = None if hyper.target_W is None else target_gram(hyper.target_W)
+    # removal="project" mixes all columns of W A; it is decided here, where lambda is concrete, not under jit.
+    two_reads = config.target_H and config.removal == "project" and float(hyper.target_lambda[1]) < 0
+    # The second read solves from the projected B, which has H's L1 subtracted already (and "project" leaves G as
+    # it is): no L1 and no target there, so that the solve sees exactly what nmf()'s does.
+    hyper_projected = dataclasses.replace(hyper, L1=hyper.L1.at[1].set(0))
     sq = jnp.asarray(sq_norm, dt)
-    starts = np.concatenate([[0], np.cumsum(widths)])
+
+    def read(W, H_prev, warm, rhs=None, sse_of=None, solve=True, rhs_only=False):
+        """One read of every chunk: the H update's raw blocks, ``R`` and (masked) ``S`` from W; with
+        ``rhs_only`` only the blocks of ``W A``; with ``sse_of = (diag(d) W, H)`` also that model's observed SSE."""
+        blocks, R, S, sse = [], jnp.zeros((config.k, m), dt), None, jnp.zeros((), dt)
+        if config.masked:
+            S = jnp.zeros((config.k * config.k, m), dt)
+        held = None
+        for i, c in enumerate(cols):
+            data = load(i)  # while the previous chunk's products run
+            # A host-sparse chunk (HostSparseData) must outlive the products dispatched on it: its matrix is
+            # released with the last instance.
+            jax.block_until_ready(held)
+            held = None
+            if sse_of is not None:
+                sse = sse + _chunk_sse(data, sse_of[0], sse_of[1][:, c])
+            if rhs_only:
+                blocks.append(_left(W, data))
+            elif solve:
+                if rhs is None:
+                    X, R_c, S_c = _h_chunk(W, H_prev[:, c], data, None, warm, hyper, T_blocks[i], G_TH, kconfig,
+                                           config.target_H)
+                else:
+                    X, R_c, S_c = _h_chunk(W, H_prev[:, c], data, rhs[i], warm, hyper_projected, None, None,
+                                           kconfig, False)
+                blocks.append(X)
+                R = R + R_c
+                if config.masked:
+                    S = S + S_c
+            if holds_host_data(data):
+                held = (data, blocks[-1:], R, sse)
+        jax.block_until_ready(held)
+        return blocks, R, S, sse
+
     state = init_state(problem)
-    while bool(running(state, config.maxit)):  # the driver's rule, evaluated on the host
-        warm = state.n_iter > 0
-        blocks, R = [], jnp.zeros((config.k, m), dt)
-        for i, chunk in enumerate(chunks):
-            data = _as_data(_load(chunk, i), dt, config.k, max_memory_bytes)
-            X, R_c = _h_chunk(state.W, state.H[:, starts[i]:starts[i + 1]], data, warm, hyper, config)
-            blocks.append(X)
-            R = R + R_c
-        state = _w_step(state, jnp.concatenate(blocks, axis=1), R, sq, hyper, config)
+    # Masked fits: the last W update's model, whose loss (and so convergence) the next read sums.
+    pending = None
+    while True:
+        if pending is None:
+            W, H_prev, warm = state.W, state.H, state.n_iter > 0
+        else:
+            W, H_prev, warm = pending.W, pending.H, jnp.asarray(True)
+        sse_of = None if pending is None else (pending.dW, pending.H)
+        # After the maxit-th W update only its loss is needed: the last read solves nothing.
+        solve = pending is None or int(state.n_iter) + 1 < config.maxit
+        rhs = None
+        if two_reads and solve:
+            rhs, _, _, sse = read(W, H_prev, warm, sse_of=sse_of, rhs_only=True)
+        else:
+            blocks, R, S, sse = read(W, H_prev, warm, sse_of=sse_of, solve=solve)
+        if pending is not None:
+            state = _advance(state, pending.W, pending.H, pending.d, sse, hyper.tol,
+                             patience_limit=config.patience)
+            pending = None
+            if not bool(running(state, config.maxit)):  # the driver's rule, evaluated on the host
+                break
+        if rhs is not None:
+            rhs = _project_rhs(rhs, hyper, G_TH, tuple(int(s) for s in starts[1:-1]))
+            blocks, R, S, _ = read(W, H_prev, warm, rhs=rhs)
+        out = _w_step(state, jnp.concatenate(blocks, axis=1), R, S, sq, hyper, G_TW, kconfig)
+        if config.masked:
+            pending = out
+        else:
+            state = out
+            if not bool(running(state, config.maxit)):
+                break
     model = finish_model(problem, state)
     _check_finite(model)
     return model
