@@ -125,3 +125,17 @@ def test_mask_validation():
     # an all-False mask runs the plain fit
     np.testing.assert_array_equal(jnmf.nmf(A, 3, seed=1, mask=np.zeros_like(M), maxit=5).h,
                                   jnmf.nmf(A, 3, seed=1, maxit=5).h)
+
+
+def test_masked_fit_with_many_columns_finishes():
+    # Two batched Cholesky factorisations running at once deadlocked jaxlib's CPU LAPACK kernel from ~1,160
+    # columns on 2 threads (cholesky_clip now factors both in one call). In a subprocess, so a hang fails the
+    # test instead of stopping the suite.
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, jnmf; rng = np.random.default_rng(0); A = rng.random((183, 1500)); "
+            "m = jnmf.nmf(A, 8, seed=42, mask=rng.random(A.shape) < 0.1, maxit=5); print(int(m.iter))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "5"
