@@ -259,14 +259,21 @@ def test_chunked_fit_equals_in_memory(hawaiibirds, tmp_path, kw):
     assert _max_rel(out, ref) <= 1e-10
 
 
-def test_chunked_sparse_chunks_match_dense_in_memory():
-    # Chunks sparser than 6% take the sparse layout (padded nnz); the in-memory reference is dense.
+def test_chunked_sparse_chunks_match_dense_in_memory(sparse_kernel, monkeypatch):
+    # Small chunks are densified by layout="auto" (_DENSE_ENTRIES); without that rule these very sparse chunks
+    # take the sparse layout of each kernel. The in-memory reference is dense.
+    import jnmf._data
+
+    monkeypatch.setattr(jnmf._data, "_DENSE_ENTRIES", 0)
     rng = np.random.default_rng(3)
     A = sp.random(400, 500, density=0.004, random_state=rng, format="csc")
     A = A + sp.random(400, 500, density=0.001, random_state=rng, format="csc")
     with jax.enable_x64(True):
         ref = jnmf.nmf(A, 5, seed=7, solver="cd", layout="dense")
-        out = jnmf.nmf_chunked([A[:, :150], A[:, 150:300], A[:, 300:]], 5, seed=7, solver="cd")
+        chunks = [A[:, :150], A[:, 150:300], A[:, 300:]]
+        out = jnmf.nmf_chunked(chunks, 5, seed=7, solver="cd")
+        layouts = {type(jnmf._data.prepare_data(c, np.float64, bucket=True)).__name__ for c in chunks}
+    assert layouts == {"HostSparseData" if sparse_kernel == "host" else "SparseData"}
     assert int(out.iter) == int(ref.iter)
     assert _max_rel(out, ref) <= 1e-10
 
