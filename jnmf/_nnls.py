@@ -110,14 +110,14 @@ def cholesky_clip(G: ArrayLike, B: ArrayLike, *, nonneg: bool = True) -> jax.Arr
     B = jnp.asarray(B)
     k = G.shape[0]
     # G not numerically positive definite (e.g. PROJ_ADV's clipped Gram in float32, cond ~1e8): RcppML's LLT then
-    # returns undefined values; we factor G + k eps tr(G) I instead, so the fit stays finite. Both k x k
-    # factorisations are always computed (cheap) so that vmapped fits need no per-member branch, and in one call:
-    # two batched (vmapped, e.g. masked) factorisations running concurrently deadlock jaxlib's CPU LAPACK kernel,
-    # each waiting on the intra-op thread pool for its batch while holding one of its threads (a 183 x 1183
-    # masked fit hung on 2 threads).
+    # returns undefined values; we factor G + k eps tr(G) I instead, so the fit stays finite. The second
+    # factorisation takes the first one's outcome as input (G itself when it succeeded), so vmapped fits need no
+    # per-member branch and the two never run concurrently: two batched (vmapped, e.g. masked) factorisations at
+    # once deadlock jaxlib's CPU LAPACK kernel, each waiting on the intra-op thread pool for its batch while
+    # holding one of its threads (a 183 x 1183 masked fit hung on 2 threads).
     jitter = k * jnp.finfo(G.dtype).eps * jnp.maximum(jnp.abs(jnp.trace(G)), jnp.finfo(G.dtype).tiny)
-    L, L_jittered = jnp.linalg.cholesky(jnp.stack([G, G + jitter * jnp.eye(k, dtype=G.dtype)]))
-    L = jnp.where(jnp.all(jnp.isfinite(L)), L, L_jittered)
+    factored = jnp.all(jnp.isfinite(jnp.linalg.cholesky(G)))
+    L = jnp.linalg.cholesky(jnp.where(factored, G, G + jitter * jnp.eye(k, dtype=G.dtype)))
     # Neither factor finite (e.g. G overflowed): poison the result so the driver reports it, never a silent zero.
     L = jnp.where(jnp.all(jnp.isfinite(L)), L, jnp.nan)
     # Invert the k x k factor once and apply it with two GEMMs: XLA's CPU triangular solve with n right-hand
