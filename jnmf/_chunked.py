@@ -97,25 +97,13 @@ def _shape_of(item: Any, name: str) -> tuple[int, int]:
     return shape
 
 
-def _read_mask(mask: Any, i: int) -> np.ndarray | None:
-    if mask is None:
-        return None
-    M = sp.load_npz(mask) if _is_path(mask) else mask
-    M = M.toarray() if sp.issparse(M) else np.asarray(M)
-    if M.dtype != bool:
-        if not (np.issubdtype(M.dtype, np.integer) or np.issubdtype(M.dtype, np.floating)) or not np.all(
-                (M == 0) | (M == 1)):
-            raise ValueError(f"masks[{i}] must be boolean (True = ignore the entry) or 0/1, got dtype {M.dtype}")
-        M = M.astype(bool)
-    return M
-
-
 def _read(chunk: Any, mask: Any, i: int, itemsize: int) -> tuple[Any, np.ndarray | None]:
     """Chunk i checked, with NaN entries folded into its mask and masked entries zeroed (``split_mask``):
     ``(A_i, None)`` when nothing in it is masked."""
     A = sp.load_npz(chunk) if _is_path(chunk) else chunk
+    mask = sp.load_npz(mask) if _is_path(mask) else mask
     try:
-        A, M = split_mask(A, _read_mask(mask, i), itemsize)
+        A, M = split_mask(A, mask, itemsize, mask_name=f"masks[{i}]")
     except ValueError as e:  # e.g. a chunk too large for the dense layout that masked fits use
         raise ValueError(f"chunks[{i}]: {e}") from None
     return V.check_data(A, f"chunks[{i}]"), M

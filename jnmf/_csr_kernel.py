@@ -1,7 +1,7 @@
 """The CPU sparse product ``X M'`` for a CSR matrix M, compiled with numba (the kernel behind ``HostSparseData``).
 
 Why a hand-written kernel: on the 14,000 x 2,600 (15%) matrix at k = 20, one product took 16-17 ms as XLA gathers
-(scalar code), 17 ms in scipy's CSR product on one thread and ~9 ms on two, and 4.5-6 ms here on two threads.
+(scalar code), 17 ms in scipy's CSR product on one thread and ~9 ms on two, and 6-7 ms here on two threads.
 scipy's product loops over a run-time number of vectors with one accumulator chain per row; this kernel reads the
 k-vectors of 8 non-zeros per step and adds their products in a tree before touching the accumulator, so the
 adds do not wait on each other, and it writes the (K, r) result directly in the layout JAX wants.

@@ -125,7 +125,7 @@ class EllBlocks:
 #
 # XLA's CPU backend has no sparse product, and its gather codegen is scalar: the EllBlocks products above run at
 # ~0.2 ns per multiply-add (14,000 x 2,600 at 15%, k = 20: 16-17 ms each on 2 cores). On CPU the fit therefore
-# calls a compiled CSR kernel (``_csr_kernel``, 4.5-6 ms there) from inside the jit-compiled driver through
+# calls a compiled CSR kernel (``_csr_kernel``, 6-7 ms there) from inside the jit-compiled driver through
 # ``jax.pure_callback``. The matrix stays on the host in a registry and the program receives only an int32 key: as
 # an operand the ~nnz-sized arrays would be copied into the callback at every call (13 ms for 44 MB), and as
 # static data the compilation cache would keep every fitted matrix alive (and reuse a program for another matrix).
@@ -394,12 +394,14 @@ def choose_layout(A: Any, layout: str, itemsize: int, k: int = 1, max_memory_byt
                       f"{gib(budget)} (max_memory_bytes); fit it from column chunks on disk with nmf_chunked")
 
 
-def split_mask(A: Any, mask: Any, itemsize: int, layout: str = "auto") -> tuple[Any, np.ndarray | None]:
+def split_mask(A: Any, mask: Any, itemsize: int, layout: str = "auto",
+               mask_name: str = "mask") -> tuple[Any, np.ndarray | None]:
     """Fold NaN entries of A into ``mask`` (True = ignore) and zero the masked entries of A.
 
     Returns ``(A, None)`` unchanged when nothing is masked (no mask, or an all-False one, and no NaN). Otherwise
     returns a dense A with 0 at masked entries (whatever they held: NaN, inf, negative) and the dense boolean
-    mask. ``mask`` may be a boolean (or 0/1) array or scipy.sparse matrix of A's shape. Masked fits use the dense
+    mask. ``mask`` may be a boolean (or 0/1) array or scipy.sparse matrix of A's shape (errors call it
+    ``mask_name``). Masked fits use the dense
     layout: sparse A is densified if it fits in the dense memory limit (4 GiB), else this raises.
     """
     if isinstance(A, (str, bytes)) or A is None:
@@ -415,7 +417,7 @@ def split_mask(A: Any, mask: Any, itemsize: int, layout: str = "auto") -> tuple[
             return A, None
         M = None
     else:
-        M = _check_mask(mask, shape)
+        M = _check_mask(mask, shape, mask_name)
     if layout == "sparse":
         raise ValueError("masked fits (a mask, or NaN entries in A) use the dense layout; got layout='sparse'")
     m, n = shape
@@ -431,14 +433,14 @@ def split_mask(A: Any, mask: Any, itemsize: int, layout: str = "auto") -> tuple[
     return np.where(M, np.zeros((), dense.dtype), dense), M
 
 
-def _check_mask(mask: Any, shape: tuple[int, int]) -> np.ndarray:
+def _check_mask(mask: Any, shape: tuple[int, int], name: str = "mask") -> np.ndarray:
     M = mask.toarray() if sp.issparse(mask) else np.asarray(mask)
     if M.shape != shape:
-        raise ValueError(f"mask must have the shape of A, {shape}, got {M.shape}")
+        raise ValueError(f"{name} must have the shape of A, {shape}, got {M.shape}")
     if M.dtype != bool:
         if not (np.issubdtype(M.dtype, np.integer) or np.issubdtype(M.dtype, np.floating)) or not np.all(
                 (M == 0) | (M == 1)):
-            raise ValueError(f"mask must be boolean (True = ignore the entry) or 0/1, got dtype {M.dtype}")
+            raise ValueError(f"{name} must be boolean (True = ignore the entry) or 0/1, got dtype {M.dtype}")
         M = M.astype(bool)
     return M
 
