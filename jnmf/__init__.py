@@ -6,10 +6,13 @@ from ._chunked import nmf_chunked
 from ._data import DenseData, HostSparseData, SparseData
 from ._features import (
     apply_l1_l2,
+    between_groups,
     gram,
+    group_scatter,
     proj_adv_gram,
     removal_project_rhs,
     scale_rows,
+    scatter_target,
     target_augment,
     target_gram,
 )
@@ -51,6 +54,9 @@ __all__ = [
     "HostSparseData",
     "SparseData",
     "apply_l1_l2",
+    "between_groups",
+    "group_scatter",
+    "scatter_target",
     "cholesky_clip",
     "datasets",
     "evaluate",

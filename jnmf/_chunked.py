@@ -197,7 +197,7 @@ def nmf_chunked(
     target_H: Any = None,
     target_W: Any = None,
     target_lambda: Any = 0.0,
-    removal: str = "proj_adv",
+    removal: str = "scatter",
     masks: Sequence[Any] | None = None,
     cd_maxit: int = 100,
     cd_tol: float = 1e-8,
@@ -267,6 +267,10 @@ def nmf_chunked(
                       nonneg=nonneg, upper_bound=upper_bound, solver=solver, norm=norm, sort=sort,
                       target_H=target_H, target_W=target_W, target_lambda=target_lambda, removal=removal,
                       cd_maxit=cd_maxit, cd_tol=cd_tol, layout="sparse", dtype=dtype)
+    if problem.config.removal == "scatter" and problem.config.target_H and float(problem.hyper.target_lambda[1]) < 0:
+        raise ValueError("nmf_chunked: removal='scatter' with a negative target_lambda is not supported for chunked "
+                         "fits yet (its majorize-minimize target couples every column of H); use nmf(), or "
+                         "removal='project' / 'proj_adv' here")
     dt = problem.w_init.dtype
     itemsize = np.dtype(dt).itemsize
 

@@ -25,10 +25,12 @@ def gram(F: ArrayLike) -> jax.Array:
 
 
 def apply_l1_l2(G: ArrayLike, B: ArrayLike, L1: ArrayLike = 0.0, L2: ArrayLike = 0.0) -> tuple[jax.Array, jax.Array]:
-    """Ridge and lasso: ``G + L2 I`` and ``B - L1``, i.e. adds ``L1 sum(x) + L2/2 |x|^2`` to the objective."""
+    """Ridge and lasso: ``G + L2 I`` and ``B - L1``, i.e. adds ``L1 sum(x) + L2/2 |x|^2`` to the objective.
+
+    G is (k, k), or a batch (p, k, k) of per-column Gram matrices (masked fits)."""
     G = jnp.asarray(G)
     B = jnp.asarray(B)
-    return G + L2 * jnp.eye(G.shape[0], dtype=G.dtype), B - L1
+    return G + L2 * jnp.eye(G.shape[-1], dtype=G.dtype), B - L1
 
 
 def scale_rows(X: ArrayLike, norm: str = "L1") -> tuple[jax.Array, jax.Array]:
@@ -51,10 +53,11 @@ def scale_rows(X: ArrayLike, norm: str = "L1") -> tuple[jax.Array, jax.Array]:
 def target_augment(G: ArrayLike, B: ArrayLike, T: ArrayLike, lam: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """Target enrichment: ``G + lam I`` and ``B + lam T``, i.e. adds ``lam/2 |x - t_j|^2`` per column.
 
-    G (k, k), B and T (k, n), lam a scalar (>= 0 for a convex problem).
+    G (k, k) or a batch (n, k, k) of per-column Gram matrices, B and T (k, n), lam a scalar (>= 0 for a convex
+    problem).
     """
     G = jnp.asarray(G)
-    return G + lam * jnp.eye(G.shape[0], dtype=G.dtype), jnp.asarray(B) + lam * jnp.asarray(T)
+    return G + lam * jnp.eye(G.shape[-1], dtype=G.dtype), jnp.asarray(B) + lam * jnp.asarray(T)
 
 
 def target_gram(T: ArrayLike) -> jax.Array:
@@ -84,54 +87,86 @@ def proj_adv_gram(G: ArrayLike, G_T: ArrayLike, lam: ArrayLike, *, eig_floor: fl
     return jnp.where(jnp.any(mu < eig_floor), clipped, Gs)
 
 
+def between_groups(X: ArrayLike, Y: ArrayLike) -> jax.Array:
+    """``X M``: the between-group part of each row of X (k, n), for groups given by the row space of Y (g, n).
+
+    ``M = P - 1_L 1_L' / n_L`` with P the orthogonal projector onto ``span(rows of Y, 1_L)`` and ``1_L`` the
+    indicator of labelled (non-zero) columns of Y. For a one-hot Y, or a ``compute_target`` of the labels (columns
+    constant within a class, 0 for unlabelled samples), ``X M`` replaces each labelled column by its group's mean
+    minus the labelled mean (unlabelled columns get 0), and ``tr(X M X') = sum_g n_g |mu_g - mu|^2`` is the
+    between-group scatter. ``0 <= M <= I``. If Y spans fewer than C - 1 contrasts, only those are used.
+    """
+    Y = jnp.asarray(Y)
+    X = jnp.asarray(X)
+    labelled = jnp.any(Y != 0, axis=0).astype(X.dtype)
+    Mx = jnp.concatenate([Y.astype(X.dtype), labelled[None, :]], axis=0)  # (g + 1, n), spans the group indicators
+    norms = jnp.linalg.norm(Mx, axis=1, keepdims=True)
+    Mx = jnp.where(norms > 0, Mx / jnp.where(norms > 0, norms, 1.0), 0.0)
+    # Pseudo-inverse of Mx Mx' on its numerical range: a compute_target T has rank <= C - 1, so Mx is
+    # rank-deficient by design.
+    mu, V = jnp.linalg.eigh(jnp.dot(Mx, Mx.T, precision=_HIGHEST))
+    keep = mu > 100 * Mx.shape[0] * jnp.finfo(X.dtype).eps * mu[-1]
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, mu, 1.0), 0.0)
+    coef = jnp.dot(jnp.dot(X, Mx.T, precision=_HIGHEST), V, precision=_HIGHEST) * inv
+    X_span = jnp.dot(jnp.dot(coef, V.T, precision=_HIGHEST), Mx, precision=_HIGHEST)
+    X_mean = jnp.outer(jnp.dot(X, labelled, precision=_HIGHEST) / jnp.maximum(jnp.sum(labelled), 1.0), labelled)
+    return X_span - X_mean
+
+
+def group_scatter(X: ArrayLike, Y: ArrayLike) -> jax.Array:
+    """Per-row between-group scatter ``R_f = x_f M x_f'`` of X (k, n) for the groups of Y (g, n) → (k,)."""
+    X = jnp.asarray(X)
+    return jnp.sum(X * between_groups(X, Y), axis=1)
+
+
+def scatter_target(G: ArrayLike, B: ArrayLike, X0: ArrayLike, Y: ArrayLike, lam: ArrayLike
+                   ) -> tuple[jax.Array, jax.Array]:
+    """Majorize-minimize step of ``lam tr(X M X')`` at the current X0 (k, n): ``G + lam I``, ``B + lam (X0 - X0 M)``.
+
+    Because ``0 <= M <= I``, ``tr(X M X') <= tr(X0 M X0') + 2 <X - X0, X0 M> + |X - X0|^2``, with equality at X0;
+    the bound separates by column and is the enrichment kernel (``target_augment``) with the moving target
+    ``X0 - X0 M`` (each group's mean moved onto the labelled mean). An exact NNLS solve of the result cannot
+    increase ``1/2 |A - W X|^2 + lam/2 tr(X M X')``. lam >= 0.
+    """
+    X0 = jnp.asarray(X0)
+    return target_augment(G, B, X0 - between_groups(X0, Y), lam)
+
+
 def removal_project_rhs(
     G: ArrayLike, B: ArrayLike, T: ArrayLike, G_T: ArrayLike, lam: ArrayLike
 ) -> tuple[jax.Array, jax.Array]:
-    """Convergent removal of target information: ``B - r B P``, G unchanged; ``r = min(|lam|, 1)``.
+    """Removal of target information on the right-hand side: ``B - r B M``, G unchanged; ``r = min(|lam|, 1)``.
 
-    For T (k, n) from ``compute_target`` (columns constant within a class, 0 for unlabelled samples), P (n, n)
-    is the orthogonal projector onto the class contrasts: ``span(rows of T, 1_L) minus 1_L``, with ``1_L`` the
-    indicator of labelled (non-zero) columns of T. ``B P`` replaces each labelled column by its class mean minus
-    the labelled mean, so ``B - B P`` has equal class means: the H update fits ``A (I - r P)``, the data with a
-    fraction r of its class-mean differences removed, while W still fits A. Unconstrained solutions then share
-    their class means exactly (r = 1); unlabelled columns and the overall mean are untouched. Scale- and
-    whitening-free (only T's row space matters); if T has fewer than C - 1 independent rows, only the contrasts
-    it spans are removed. For a T without class structure it projects T's row space (bar 1_L) out of B.
-    ``G_T`` is unused (kept for a uniform target-kernel signature). It replaces a curvature penalty
-    ``G + |lam| a G_T``, which acts almost like a ridge because a whitened T spans nearly all of R^k, and so
-    removed little label information per unit of MSE (experiments/removal_modes.py).
+    ``B M`` (``between_groups(B, T)``) replaces each labelled column by its class mean minus the labelled mean,
+    so the H update fits ``A (I - r M)``, the data with a fraction r of its class-mean differences removed, while
+    W still fits A. It minimises no stated objective (superseded by ``removal="scatter"``; kept for comparison).
+    ``G_T`` is unused (kept for a uniform target-kernel signature).
     """
-    T = jnp.asarray(T)
-    B = jnp.asarray(B)
-    labelled = jnp.any(T != 0, axis=0).astype(B.dtype)
-    M = jnp.concatenate([T.astype(B.dtype), labelled[None, :]], axis=0)  # (k + 1, n), spans the class indicators
-    norms = jnp.linalg.norm(M, axis=1, keepdims=True)
-    M = jnp.where(norms > 0, M / jnp.where(norms > 0, norms, 1.0), 0.0)
-    # Pseudo-inverse of M M' on its numerical range: T has rank <= C - 1, so M is rank-deficient by design.
-    mu, V = jnp.linalg.eigh(jnp.dot(M, M.T, precision=_HIGHEST))
-    keep = mu > 100 * M.shape[0] * jnp.finfo(B.dtype).eps * mu[-1]
-    inv = jnp.where(keep, 1.0 / jnp.where(keep, mu, 1.0), 0.0)
-    coef = jnp.dot(jnp.dot(B, M.T, precision=_HIGHEST), V, precision=_HIGHEST) * inv
-    B_span = jnp.dot(jnp.dot(coef, V.T, precision=_HIGHEST), M, precision=_HIGHEST)
-    B_mean = jnp.outer(jnp.dot(B, labelled, precision=_HIGHEST) / jnp.maximum(jnp.sum(labelled), 1.0), labelled)
     r = jnp.minimum(jnp.abs(lam), 1.0)
-    return jnp.asarray(G), B - r * (B_span - B_mean)
+    return jnp.asarray(G), jnp.asarray(B) - r * between_groups(B, T)
 
 
 def apply_target(
-    G: jax.Array, B: jax.Array, T: jax.Array, G_T: jax.Array, lam: jax.Array, removal: str
+    G: jax.Array, B: jax.Array, T: jax.Array, G_T: jax.Array, lam: jax.Array, removal: str,
+    X0: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Dispatch on the sign of ``lam`` at run time: enrichment for lam > 0, removal for lam < 0, none at 0.
 
     The branch is data, not Python control flow, so one compiled fit serves a vmapped grid of signed lambdas.
+    G is (k, k), or a batch (p, k, k) of per-column Gram matrices (masked fits); B, T (k, p). ``X0`` (k, p), the
+    current raw factor, is needed by ``removal="scatter"`` (its majorize-minimize step is taken at X0).
     """
-    G_pos, B_pos = target_augment(G, B, T, lam)
+    eye = jnp.eye(G.shape[-1], dtype=G.dtype)
+    G_pos, B_pos = G + lam * eye, B + lam * T
     if removal == "proj_adv":
-        G_neg, B_neg = proj_adv_gram(G, G_T, lam), B
+        proj = proj_adv_gram if G.ndim == 2 else jax.vmap(proj_adv_gram, in_axes=(0, None, None))
+        G_neg, B_neg = proj(G, G_T, lam), B
     elif removal == "project":
-        G_neg, B_neg = removal_project_rhs(G, B, T, G_T, lam)
+        G_neg, B_neg = G, removal_project_rhs(eye, B, T, G_T, lam)[1]
+    elif removal == "scatter":
+        G_neg, B_neg = G + jnp.abs(lam) * eye, scatter_target(eye, B, X0, T, jnp.abs(lam))[1]
     else:
-        raise ValueError(f"removal must be 'proj_adv' or 'project', got {removal!r}")
+        raise ValueError(f"removal must be 'scatter', 'proj_adv' or 'project', got {removal!r}")
     G_out = jnp.where(lam > 0, G_pos, jnp.where(lam < 0, G_neg, G))
     B_out = jnp.where(lam > 0, B_pos, jnp.where(lam < 0, B_neg, B))
     return G_out, B_out

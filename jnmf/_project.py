@@ -15,13 +15,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from . import _validate as V
 from ._data import prepare_data, split_mask
 from ._features import apply_l1_l2, apply_target, gram, target_gram
 from ._model import NMFModel
 from ._nnls import cholesky_clip, nnls_step
-from ._solve import REMOVALS, SOLVERS, _masked_target
+from ._solve import REMOVALS, SOLVERS
 
 
 def project(
@@ -30,7 +31,7 @@ def project(
     *,
     target_H: Any = None,
     target_lambda: float = 0.0,
-    removal: str = "project",
+    removal: str = "scatter",
     L1: float = 0.0,
     L2: float = 0.0,
     nonneg: bool = True,
@@ -97,27 +98,28 @@ def project(
                         solver=solver, nonneg=bool(nonneg), removal=removal, cd_maxit=cd_maxit)
 
 
+# Majorize-minimize steps of a projection with removal="scatter" (the penalty couples the columns, so the
+# projection is itself iterative); each step is one batched NNLS solve with the moving target.
+_SCATTER_STEPS = 100
+
+
 @functools.partial(jax.jit, static_argnames=("solver", "nonneg", "removal", "cd_maxit"))
 def _project_jit(w, d, data, T, L1, L2, lam, cd_tol, *, solver, nonneg, removal, cd_maxit):
     WT = w.T
-    B = data.left(WT)
     masked = getattr(data, "mask", None) is not None
-    k = WT.shape[0]
-    if masked:
-        G = data.left_grams(WT) + L2 * jnp.eye(k, dtype=w.dtype)
-        B = B - L1
-        if T is not None:
-            G, B = _masked_target(G, B, T, target_gram(T), lam, removal)
-    else:
-        G, B = apply_l1_l2(gram(WT), B, L1, L2)
-        if T is not None:
-            G, B = apply_target(G, B, T, target_gram(T), lam, removal)
+    # Unmasked: one G shared by all columns (factorised once under vmap); masked: one G_j per column.
+    G0, B0 = apply_l1_l2(data.left_grams(WT) if masked else gram(WT), data.left(WT), L1, L2)
 
-    def column(G_j, b_j):
+    def column(G_j, b_j, x_j):
         if solver == "cholesky":
             return cholesky_clip(G_j, b_j, nonneg=nonneg)
-        return nnls_step(G_j, b_j, nonneg=nonneg, cd_maxit=cd_maxit, cd_tol=cd_tol)
+        return nnls_step(G_j, b_j, x_j, nonneg=nonneg, cd_maxit=cd_maxit, cd_tol=cd_tol)
 
-    # Unmasked: one G shared by all columns (factorised once under vmap); masked: one G_j per column.
-    X = jax.vmap(column, in_axes=(0 if masked else None, 1), out_axes=1)(G, B)
+    def solve(X0):
+        G, B = (G0, B0) if T is None else apply_target(G0, B0, T, target_gram(T), lam, removal, X0)
+        return jax.vmap(column, in_axes=(0 if masked else None, 1, 1), out_axes=1)(G, B, X0)
+
+    X = solve(jnp.zeros_like(B0))
+    if T is not None and removal == "scatter":
+        X = lax.fori_loop(0, _SCATTER_STEPS, lambda _, X: solve(X), X)
     return X / d[:, None]

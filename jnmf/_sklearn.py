@@ -246,8 +246,9 @@ class GuidedNMF(NMF):
     ``T = compute_target(base.h, y, whiten)`` (class centroids, OAS-ZCA whitened) and the guided fit
     ``nmf(A, k, seed, target_H=T, target_lambda=±target_lambda, removal=removal)`` from the same seed:
     ``guidance="enrich"`` (+) pulls each sample's H toward its class target, ``"remove"`` (−) removes the label
-    information (``removal="project"``: a fraction ``min(target_lambda, 1)`` of the class-mean differences,
-    convergent; ``"proj_adv"``: RcppML's PROJ_ADV, which does not converge). Missing labels (None, NaN) leave a
+    information (``removal="scatter"``: penalises the between-class scatter of the embedding with monotone
+    majorize-minimize updates; ``"project"``: removes a fraction ``min(target_lambda, 1)`` of the class-mean
+    differences; ``"proj_adv"``: RcppML's PROJ_ADV, which does not converge). Missing labels (None, NaN) leave a
     sample unguided. y is required.
 
     ``transform(X)`` projects without guidance (it has no labels), as ``NMF.transform``. ``transform(X, y)`` applies
@@ -261,7 +262,7 @@ class GuidedNMF(NMF):
     target_lambda : float >= 0
         Guidance strength (the magnitude of nmf's ``target_lambda``; the vignette uses 0.1).
     guidance : {"enrich", "remove"}
-    removal : {"project", "proj_adv"}
+    removal : {"scatter", "project", "proj_adv"}
         Removal mode for ``guidance="remove"``.
     whiten : bool
         OAS-ZCA whiten the class target (``compute_target``).
@@ -284,7 +285,7 @@ class GuidedNMF(NMF):
         **NMF._parameter_constraints,
         "target_lambda": [Interval(numbers.Real, 0, None, closed="left")],
         "guidance": [StrOptions({"enrich", "remove"})],
-        "removal": [StrOptions({"project", "proj_adv"})],
+        "removal": [StrOptions({"scatter", "project", "proj_adv"})],
         "whiten": ["boolean"],
     }
 
@@ -294,7 +295,7 @@ class GuidedNMF(NMF):
         *,
         target_lambda: float = 0.1,
         guidance: str = "enrich",
-        removal: str = "project",
+        removal: str = "scatter",
         whiten: bool = True,
         tol: float = 1e-4,
         max_iter: int = 100,
@@ -323,6 +324,9 @@ class GuidedNMF(NMF):
             raise ValueError(f"y should be a 1d array of labels, got shape {y.shape}")
         check_consistent_length(A.T, y)
         codes, levels = label_codes(y, A.shape[1], name="y")
+        if self.guidance == "remove" and self.removal == "scatter" and self.solver == "cholesky":
+            raise ValueError("solver='cholesky' is not an exact NNLS, so removal='scatter' would not descend its "
+                             "objective; use solver='cd'")
         # One compiled program for both fits: with target_lambda = 0 the target is inert and the fit equals the
         # unguided one exactly (tests/test_guided_nmf.py), so the base fit runs the guided program at lambda 0.
         # It runs unsorted and the models are sorted here, as nmf sorts them, so that the permutation is known:

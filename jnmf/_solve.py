@@ -48,9 +48,9 @@ from ._features import (
     apply_l1_l2,
     apply_target,
     gram,
-    proj_adv_gram,
-    removal_project_rhs,
+    group_scatter,
     scale_rows,
+    scatter_target,
     target_gram,
 )
 from ._memory import default_budget, estimate_memory, gib
@@ -62,7 +62,7 @@ from ._sharded import ShardedSparseData, shard_sparse_columns
 _HIGHEST = lax.Precision.HIGHEST
 SOLVERS = ("auto", "cholesky", "cd")
 NORMS = ("L1", "L2", "none")
-REMOVALS = ("proj_adv", "project")
+REMOVALS = ("scatter", "proj_adv", "project")
 LOOPS = ("while", "scan")
 
 
@@ -79,10 +79,11 @@ class Config:
     cd_maxit: int = 100
     target_H: bool = False
     target_W: bool = False
-    removal: str = "proj_adv"
+    removal: str = "scatter"
     patience: int = 5
     loop: str = "while"
     masked: bool = False
+    remove: bool = False
 
 
 @jax.tree_util.register_dataclass
@@ -98,6 +99,8 @@ class Hyper:
     target_lambda: jax.Array
     target_H: jax.Array | None = None
     target_W: jax.Array | None = None  # stored transposed, (k, m), to compare with W' as the solver sees it
+    remove_groups: jax.Array | None = None  # (g, n) one-hot rows of the grouping removed by ``remove=``
+    remove_lambda: jax.Array | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -145,45 +148,32 @@ def _solve_columns(Gs, B, X_prev, warm, nonneg, config, hyper):
     return jax.vmap(solve, in_axes=(0, 1, 1), out_axes=1)(Gs, B, X0)
 
 
-def _masked_target(Gs, B, T, G_T, lam, removal):
-    """``apply_target`` for per-column Gram matrices Gs (p, k, k): each G_j gets what G gets in the plain path."""
-    eye = jnp.eye(Gs.shape[-1], dtype=Gs.dtype)
-    if removal == "proj_adv":
-        G_neg, B_neg = jax.vmap(proj_adv_gram, in_axes=(0, None, None))(Gs, G_T, lam), B
-    else:  # "project" edits only the right-hand side, from all columns at once; G is not used
-        G_neg, B_neg = Gs, removal_project_rhs(eye, B, T, G_T, lam)[1]
-    G_out = jnp.where(lam > 0, Gs + lam * eye, jnp.where(lam < 0, G_neg, Gs))
-    B_out = jnp.where(lam > 0, B + lam * T, jnp.where(lam < 0, B_neg, B))
-    return G_out, B_out
-
-
-def _solve_raw(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target, Gs=None):
+def _solve_raw(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target, Gs=None, X0=None, extra=None):
     """One factor's solve before scaling: X (k, p) given the other factor F (k, q) and ``rhs = F A`` or ``H A'``.
 
-    ``Gs`` (p, k, k), given for masked data only, holds one Gram matrix per column of X instead of ``F F'``.
+    ``Gs`` (p, k, k), given for masked data only, holds one Gram matrix per column of X instead of ``F F'``; the
+    penalty kernels take either. ``X_prev`` is the CD warm start; ``X0`` (k, p) the current raw factor, the point
+    a majorize-minimize penalty is taken at; ``extra`` a function ``(G, B) -> (G, B)`` adding further penalties.
     Returns X (after the upper bound) and the pre-penalty Gram matrix and right-hand side (for the loss).
     """
+    G0 = gram(F) if Gs is None else Gs
+    B0 = rhs
+    G, B = apply_l1_l2(G0, rhs, hyper.L1[side], hyper.L2[side])
+    if has_target:
+        G, B = apply_target(G, B, T, G_T, hyper.target_lambda[side], config.removal, X0)
+    if extra is not None:
+        G, B = extra(G, B)
     if Gs is None:
-        G = gram(F)
-        G0, B0 = G, rhs
-        G, B = apply_l1_l2(G, rhs, hyper.L1[side], hyper.L2[side])
-        if has_target:
-            G, B = apply_target(G, B, T, G_T, hyper.target_lambda[side], config.removal)
         X = _solve_factor(G, B, X_prev, warm, config.nonneg[side], config, hyper)
     else:
-        G0, B0 = Gs, rhs
-        G = Gs + hyper.L2[side] * jnp.eye(Gs.shape[-1], dtype=Gs.dtype)
-        B = rhs - hyper.L1[side]
-        if has_target:
-            G, B = _masked_target(G, B, T, G_T, hyper.target_lambda[side], config.removal)
         X = _solve_columns(G, B, X_prev, warm, config.nonneg[side], config, hyper)
     ub = hyper.upper_bound[side]
     return jnp.where(ub > 0, jnp.minimum(X, ub), X), G0, B0
 
 
-def _update(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target, Gs=None):
+def _update(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target, Gs=None, X0=None, extra=None):
     """One factor update: ``_solve_raw`` then diagonal scaling; returns (d, X unit-scaled, G0, B0)."""
-    X, G0, B0 = _solve_raw(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target, Gs)
+    X, G0, B0 = _solve_raw(F, X_prev, rhs, side, warm, config, hyper, T, G_T, has_target, Gs, X0, extra)
     d, X = scale_rows(X, config.norm)
     return d, X, G0, B0
 
@@ -195,22 +185,82 @@ def gram_identity_sse(sq_norm, d, W, G_w, B_w):
     return sq_norm - 2 * jnp.sum(dW * B_w) + jnp.sum(jnp.dot(dW, dW.T, precision=_HIGHEST) * G_w)
 
 
-def step(problem: Problem, state: State, G_TH=None, G_TW=None) -> State:
-    """One outer iteration (H update, W update, loss, convergence bookkeeping)."""
+def _scatter_weights(config: Config, hyper: Hyper) -> list[tuple[jax.Array, jax.Array]]:
+    """The between-group scatter penalties on H as (lambda >= 0, group rows (g, n)) pairs: ``removal="scatter"``
+    with a negative H lambda (groups: target_H's classes) and ``remove=`` (its own groups)."""
+    out = []
+    if config.target_H and config.removal == "scatter":
+        lam = hyper.target_lambda[1]
+        out.append((jnp.where(lam < 0, -lam, jnp.zeros_like(lam)), hyper.target_H))
+    if config.remove:
+        out.append((hyper.remove_lambda, hyper.remove_groups))
+    return out
+
+
+def h_half(problem: Problem, state: State, G_TH=None) -> tuple[jax.Array, jax.Array]:
+    """The H half of an iteration: NNLS for the raw H given the unit-scaled W, then its scaling → (d_H, H)."""
     config, hyper, data = problem.config, problem.hyper, problem.data
-    warm = state.n_iter > 0
-    masked = config.masked
-    # H side (index 1): RcppML applies the target to the H it solves for, which is diag(d_H) H (W unit-scaled).
-    _, H, _, _ = _update(state.W, state.H, data.left(state.W), 1, warm, config, hyper,
-                         hyper.target_H, G_TH, config.target_H, data.left_grams(state.W) if masked else None)
-    d, W, G_w, B_w = _update(H, state.W, data.right(H), 0, warm, config, hyper,
-                             hyper.target_W, G_TW, config.target_W, data.right_grams(H) if masked else None)
-    if masked:
+    scatter = _scatter_weights(config, hyper)
+    E0, start = state.d[:, None] * state.H, state.H
+    if scatter:
+        # The scatter penalties are majorized at the current raw H (the embedding diag(d) h), which is then also
+        # the warm start, so that any descent of the NNLS surrogate descends the objective. Without an active
+        # penalty the warm start stays RcppML's (the unit-scaled H).
+        start = jnp.where(sum(lam for lam, _ in scatter) > 0, E0, state.H)
+
+    def extra(G, B):
+        if config.remove:
+            G, B = scatter_target(G, B, E0, hyper.remove_groups, hyper.remove_lambda)
+        return G, B
+
+    d_H, H, _, _ = _update(state.W, start, data.left(state.W), 1, state.n_iter > 0, config, hyper,
+                           hyper.target_H, G_TH, config.target_H, data.left_grams(state.W) if config.masked else None,
+                           X0=E0, extra=extra if config.remove else None)
+    return d_H, H
+
+
+def w_half(problem: Problem, state: State, d_H: jax.Array, H: jax.Array, G_TW=None
+           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The W half: NNLS for the raw W' given the unit-scaled H, its scaling, and the objective → (d, W, loss).
+
+    With scatter penalties ``lam R(diag(d) h)`` the scale d that W's update sets is part of the penalty:
+    ``R = sum_f s_f^2 R_f(h)`` with ``s_f`` W's column sum (``norm="L1"``) or norm (``"L2"``). For L2 that is the
+    ridge ``lam R_f |w_f|^2``; for L1, ``(1'w_f)^2`` is majorized at the current W by its tangent plus
+    ``m |w_f - w0_f|^2`` (its curvature is at most m), which keeps the update row-separable and monotone.
+    """
+    config, hyper, data = problem.config, problem.hyper, problem.data
+    scatter = _scatter_weights(config, hyper)
+    start, extra = state.W, None
+    W0 = d_H[:, None] * state.W  # the current raw W' of the model (W, diag(d_H) h)
+    if scatter:
+        c = sum(lam * group_scatter(H, Y) for lam, Y in scatter)  # (k,): lam R_f(h) summed over penalties
+        start = jnp.where(sum(lam for lam, _ in scatter) > 0, W0, state.W)
+        m = W0.shape[1]
+
+        def extra(G, B):
+            eye = jnp.eye(G.shape[-1], dtype=G.dtype)
+            if config.norm == "L2":
+                return G + c * eye, B
+            s0 = jnp.sum(W0, axis=1)
+            return G + m * c * eye, B + c[:, None] * (m * W0 - s0[:, None])
+
+    d, W, G_w, B_w = _update(H, start, data.right(H), 0, state.n_iter > 0, config, hyper, hyper.target_W, G_TW,
+                             config.target_W, data.right_grams(H) if config.masked else None, X0=W0, extra=extra)
+    if config.masked:
         # SSE over observed entries; the Gram identity would need a per-entry weight, so form it directly.
         loss = data.observed_sse(d[:, None] * W, H)
     else:
         loss = gram_identity_sse(problem.sq_norm, d, W, G_w, B_w)
-    return advance(state, W, H, d, loss, hyper.tol, config.patience)
+    if scatter:  # the objective of a fit with scatter penalties: SSE + sum lam R(diag(d) h)
+        loss = loss + jnp.sum(d * d * c)
+    return d, W, loss
+
+
+def step(problem: Problem, state: State, G_TH=None, G_TW=None) -> State:
+    """One outer iteration: ``h_half``, ``w_half``, convergence bookkeeping (``advance``)."""
+    d_H, H = h_half(problem, state, G_TH)
+    d, W, loss = w_half(problem, state, d_H, H, G_TW)
+    return advance(state, W, H, d, loss, problem.hyper.tol, problem.config.patience)
 
 
 def advance(state: State, W: jax.Array, H: jax.Array, d: jax.Array, loss: jax.Array, tol: jax.Array,
@@ -259,7 +309,7 @@ def finish_model(problem: Problem, state: State, w_init: jax.Array | None = None
 
 
 def solve(problem: Problem, *, target_lambda: Any = None, L1: Any = None, L2: Any = None, tol: Any = None,
-          w_init: Any = None) -> NMFModel:
+          w_init: Any = None, remove_lambda: Any = None) -> NMFModel:
     """Run a prepared fit; keyword overrides replace array hyperparameters (they may be traced, e.g. vmapped).
 
     ``target_lambda`` as a scalar applies to every target present; as a (W, H) pair it sets each side.
@@ -274,6 +324,10 @@ def solve(problem: Problem, *, target_lambda: Any = None, L1: Any = None, L2: An
             changes[name] = jnp.broadcast_to(jnp.asarray(value, hyper.L1.dtype), (2,))
     if tol is not None:
         changes["tol"] = jnp.asarray(tol, hyper.tol.dtype)
+    if remove_lambda is not None:
+        if not problem.config.remove:
+            raise ValueError("remove_lambda given but the problem has no remove= grouping (prepare(..., remove=))")
+        changes["remove_lambda"] = jnp.asarray(remove_lambda, hyper.tol.dtype)
     if changes:
         problem = problem.replace(hyper=dataclasses.replace(hyper, **changes))
     if w_init is not None:
@@ -377,7 +431,9 @@ def prepare(
     target_H: Any = None,
     target_W: Any = None,
     target_lambda: Any = 0.0,
-    removal: str = "proj_adv",
+    removal: str = "scatter",
+    remove: Any = None,
+    remove_lambda: Any = 1.0,
     cd_maxit: int = 100,
     cd_tol: float = 1e-8,
     layout: str = "auto",
@@ -449,8 +505,24 @@ def prepare(
             raise ValueError(f"target_lambda for the {'W' if side == 0 else 'H'} side is {lam[side]} "
                              f"but {name} is None; give {name} or set that lambda to 0")
 
+    Y = None
+    if remove is not None:
+        Y = remove_groups(remove, n)
+        remove_lambda = V.check_real(remove_lambda, "remove_lambda", low=0.0)
+    if removal == "scatter" and lam[0] < 0:
+        raise ValueError(f"target_lambda for the W side is {lam[0]}: removal='scatter' removes groups of samples "
+                         "(the H side) only; use removal='proj_adv' or 'project' for a W-side removal")
+    scatter = Y is not None or (removal == "scatter" and TH is not None and lam[1] < 0)
+    if scatter and norm == "none":
+        raise ValueError("norm='none' cannot be used with a scatter removal (remove=, or removal='scatter' with a "
+                         "negative target_lambda): the penalty is not scale-invariant, so W's scale must be pinned "
+                         "(norm='L1' or 'L2')")
+    if scatter and solver == "cholesky":
+        raise ValueError("solver='cholesky' (solve then clip) is not an exact NNLS, so a scatter removal (remove=, "
+                         "or removal='scatter' with a negative target_lambda) would not descend its objective; use "
+                         "solver='cd' or 'auto'")
     if solver == "auto":  # RcppML's rule: Cholesky-then-clip only when it is cheap and no L1 is asked for
-        solver = "cholesky" if k < 32 and L1 == (0.0, 0.0) else "cd"
+        solver = "cholesky" if k < 32 and L1 == (0.0, 0.0) and not scatter else "cd"
     if solver == "cholesky" and L1 != (0.0, 0.0):
         raise ValueError("solver='cholesky' does not support L1 (it needs an exact NNLS); use solver='cd'")
 
@@ -459,7 +531,7 @@ def prepare(
     W0 = initial_w(seed if w_init is None else w_init, m, k, dtype)
     config = Config(k=k, maxit=maxit, solver=solver, norm=norm, sort=bool(sort), nonneg=nonneg, cd_maxit=cd_maxit,
                     target_H=TH is not None, target_W=TW is not None, removal=removal, loop=loop,
-                    masked=M is not None)
+                    masked=M is not None, remove=Y is not None)
     hyper = Hyper(
         tol=jnp.asarray(tol, dtype),
         L1=jnp.asarray(L1, dtype),
@@ -469,12 +541,28 @@ def prepare(
         target_lambda=jnp.asarray(lam, dtype),
         target_H=None if TH is None else jnp.asarray(TH, dtype),
         target_W=None if TW is None else jnp.asarray(TW.T, dtype),
+        remove_groups=None if Y is None else jnp.asarray(Y, dtype),
+        remove_lambda=None if Y is None else jnp.asarray(remove_lambda, dtype),
     )
+    if devices is not None and Y is not None:
+        raise ValueError("devices: sharded fits do not support remove= (the penalty couples all samples)")
     if devices is None:
         data = prepare_data(A, dtype, layout, mask=M, k=k, max_memory_bytes=max_memory_bytes)
     else:
         data = _sharded_data(A, dtype, layout, M, TH, L1, nonneg, k, devices, max_memory_bytes)
     return Problem(data=data, hyper=hyper, w_init=W0, sq_norm=jnp.asarray(squared_norm(A), dtype), config=config)
+
+
+def remove_groups(labels: Any, n: int) -> np.ndarray:
+    """The (g, n) one-hot rows of a grouping to remove (``remove=``); missing labels give zero columns."""
+    from ._targets import label_codes
+
+    codes, levels = label_codes(labels, n, name="remove")
+    used = np.unique(codes[codes >= 0])
+    if used.size < 2:
+        raise ValueError(f"remove must have at least 2 groups among its labelled samples, got {used.size}: "
+                         "there is no between-group difference to remove")
+    return (codes[None, :] == used[:, None]).astype(np.float64)
 
 
 def _sharded_data(A, dtype, layout, M, TH, L1, nonneg, k, devices,
@@ -535,7 +623,9 @@ def nmf(
     target_H: Any = None,
     target_W: Any = None,
     target_lambda: Any = 0.0,
-    removal: str = "proj_adv",
+    removal: str = "scatter",
+    remove: Any = None,
+    remove_lambda: Any = 1.0,
     w_init: Any = None,
     cd_maxit: int = 100,
     cd_tol: float = 1e-8,
@@ -574,11 +664,20 @@ def nmf(
         target_H: (k, n) target for the H update: ``lam > 0`` adds ``lam/2 |h_j - t_j|^2`` (``G + lam I``,
             ``B + lam T``); T is compared with the un-normalised H (``diag(d) h`` with unit-sum W columns).
         target_W: (m, k) target for the W update, the same maths on W' (RcppML declares it but never wires it).
-        target_lambda: scalar (applies to each target given) or a (W, H) pair. A negative value removes the
-            target's information: ``removal="proj_adv"`` is RcppML's PROJ_ADV (``G - |lam| a G_T``, faithful and
-            non-convergent); ``removal="project"`` removes a fraction ``min(|lam|, 1)`` of the class-mean
-            differences (the span of T's rows) from the right-hand side of the H update (``B - r B P``), keeps
-            G positive definite and converges (``removal_project_rhs``; experiments/removal_modes.py).
+        target_lambda: scalar (applies to each target given) or a (W, H) pair. A negative value on the H side
+            removes the information of target_H's classes, by ``removal``:
+            ``"scatter"`` (default, recommended) minimises ``|A - W H|^2 + |lam| tr(E M E')``, the between-class
+            scatter of the embedding ``E = diag(d) h`` (M projects onto class-mean differences; ``between_groups``),
+            by majorize-minimize updates that cannot increase it (the reported ``loss`` is this objective;
+            needs an exact NNLS, so ``solver="auto"`` picks CD); ``"proj_adv"`` is RcppML's PROJ_ADV
+            (``G - |lam| a G_T``, faithful and non-convergent); ``"project"`` removes a fraction ``min(|lam|, 1)``
+            of the class-mean differences from the right-hand side of the H update (``removal_project_rhs``;
+            minimises no stated objective, kept for comparison).
+        remove, remove_lambda: a grouping of the samples (labels, length n; missing labels are left out) whose
+            between-group scatter is penalised with weight ``remove_lambda >= 0`` as ``removal="scatter"`` does,
+            alongside any target: e.g. ``remove=batch`` with ``target_H=compute_target(h, cell_type)`` and a
+            positive ``target_lambda`` removes the batch while enriching the cell types. The objective is then
+            ``|A - W H|^2 + lam_T |E - T|^2 + remove_lambda tr(E M_batch E')``.
         w_init: explicit initial W (m, k), alternative to ``seed``.
         cd_maxit, cd_tol: inner coordinate-descent limits.
         loop: ``"while"`` stops at convergence (iterations after it cost nothing); ``"scan"`` runs ``maxit``
@@ -602,7 +701,8 @@ def nmf(
     """
     problem = prepare(A, k, tol=tol, maxit=maxit, seed=seed, w_init=w_init, L1=L1, L2=L2, nonneg=nonneg,
                       upper_bound=upper_bound, solver=solver, norm=norm, sort=sort, target_H=target_H,
-                      target_W=target_W, target_lambda=target_lambda, removal=removal, cd_maxit=cd_maxit,
+                      target_W=target_W, target_lambda=target_lambda, removal=removal, remove=remove,
+                      remove_lambda=remove_lambda, cd_maxit=cd_maxit,
                       cd_tol=cd_tol, layout=layout, loop=loop, dtype=dtype, mask=mask,
                       devices=devices, max_memory_bytes=max_memory_bytes)
     model = solve(problem)

@@ -401,8 +401,10 @@ def sweep(
         init = {"seed": int(first_seed) if kind == "int" else first_seed}
 
     # prepare validates everything else and resolves the solver; the grid's largest L1 decides "auto".
-    problem = prepare(A, k, target_lambda=0.0, L1=tuple(l1_pairs.max(0)), L2=tuple(l2_pairs.max(0)), **init,
-                      **options)
+    # A negative H lambda with removal="scatter" needs an exact NNLS: the grid's most negative one decides "auto".
+    lam_H = float(lam_pairs[:, 1].min()) if options.get("target_H") is not None else 0.0
+    problem = prepare(A, k, target_lambda=(0.0, min(lam_H, 0.0)), L1=tuple(l1_pairs.max(0)),
+                      L2=tuple(l2_pairs.max(0)), **init, **options)
     config = problem.config
     present = (config.target_W, config.target_H)
     if np.ndim(target_lambda) <= 1:  # scalars act on every target given (nmf's rule), so only those sides

@@ -217,7 +217,7 @@ class GraphConfig:
     solver: str = "auto"
     norm: str = "L1"
     sort: bool = True
-    removal: str = "proj_adv"
+    removal: str = "scatter"
     cd_maxit: int = 100
     cd_tol: float = 1e-8
     layout: str = "auto"
@@ -241,7 +241,7 @@ def _check_seed(seed: Any, where: str, initial_w_shape: tuple[int, int] | None =
 
 
 def factor_config(maxit: int = 100, tol: float = 1e-4, seed: Any = None, *, solver: str = "auto", norm: str = "L1",
-                  sort: bool = True, removal: str = "proj_adv", cd_maxit: int = 100, cd_tol: float = 1e-8,
+                  sort: bool = True, removal: str = "scatter", cd_maxit: int = 100, cd_tol: float = 1e-8,
                   layout: str = "auto", loop: str = "while", dtype: Any = None, **unsupported: Any) -> GraphConfig:
     """Graph-wide fit settings (RcppML's ``factor_config``); each has ``nmf()``'s meaning and default.
 

@@ -27,7 +27,8 @@ def nmf(
     labels_key: str | None = None,
     batch_key: str | None = None,
     target_lambda: float = 0.1,
-    removal: str = "project",
+    removal: str = "scatter",
+    batch_lambda: float = 1.0,
     whiten: bool = True,
     key_added: str = "nmf",
     copy: bool = False,
@@ -41,9 +42,11 @@ def nmf(
 
     Guidance (the vignette's two-step recipe, both fits from the same seed): ``labels_key`` names an ``obs`` column of
     cell labels whose class structure is enriched (``target_lambda > 0`` with ``T = compute_target(base.h,
-    labels)``); ``batch_key`` names an ``obs`` column whose information is removed (``-target_lambda``,
-    ``removal``; ``"project"`` removes a fraction ``min(target_lambda, 1)`` of the batch-mean differences).
-    Missing labels leave a cell unguided. Give at most one of the two keys.
+    labels)``); ``batch_key`` names an ``obs`` column whose information is removed. With ``removal="scatter"``
+    (default) that is ``nmf(remove=batch, remove_lambda=batch_lambda)``, the between-batch scatter penalty, and it
+    combines with ``labels_key`` (remove the batch, keep the cell types, in one fit). ``"project"`` and
+    ``"proj_adv"`` remove ``T = compute_target(base.h, batch)`` with ``-target_lambda`` (alone). Missing labels
+    leave a cell unguided.
 
     Args:
         adata: an AnnData object with cells in rows.
@@ -51,7 +54,9 @@ def nmf(
         layer: use ``adata.layers[layer]`` instead of ``adata.X``.
         labels_key, batch_key: ``obs`` columns for enrichment or removal (see above).
         target_lambda: guidance strength (>= 0; its sign comes from the key).
-        removal: removal mode for ``batch_key``: ``"project"`` (convergent) or ``"proj_adv"`` (RcppML).
+        removal: removal mode for ``batch_key``: ``"scatter"`` (stated objective, monotone; default),
+            ``"project"`` or ``"proj_adv"`` (RcppML).
+        batch_lambda: ``remove_lambda`` of the scatter removal (>= 0).
         whiten: OAS-ZCA whiten the target (``compute_target``).
         key_added: prefix of the keys written.
         copy: return a modified copy instead of writing into ``adata`` (which then returns None).
@@ -62,14 +67,17 @@ def nmf(
     for attr in ("X", "obs", "obsm", "varm", "uns", "layers"):
         if not hasattr(adata, attr):
             raise TypeError(f"adata must be an AnnData object, got {type(adata).__name__} (no .{attr})")
-    if labels_key is not None and batch_key is not None:
-        raise ValueError("give labels_key (enrichment) or batch_key (removal), not both: nmf has one H target")
-    for name, value in (("target_H", "labels_key/batch_key"), ("target_lambda", "target_lambda")):
+    if labels_key is not None and batch_key is not None and removal != "scatter":
+        raise ValueError(f"labels_key and batch_key together need removal='scatter' (removal={removal!r} uses the "
+                         "one H target for the batch)")
+    for name, value in (("target_H", "labels_key/batch_key"), ("target_lambda", "target_lambda"),
+                        ("remove", "batch_key"), ("remove_lambda", "batch_lambda")):
         if name in nmf_options:
             raise TypeError(f"{name} is set by tl.nmf from {value}; do not pass it in **nmf_options")
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
     lam = V.check_real(target_lambda, "target_lambda", low=0.0)
+    batch_lam = V.check_real(batch_lambda, "batch_lambda", low=0.0)
     V.check_choice(removal, "removal", REMOVALS)
     if copy:
         adata = adata.copy()
@@ -82,13 +90,16 @@ def nmf(
         raise KeyError(f"layer {layer!r} is not in adata.layers (have: {list(adata.layers.keys())})")
     if X is None:
         raise ValueError("adata.X is None; give layer=...")
+    columns = {}
+    for name, key in (("labels_key", labels_key), ("batch_key", batch_key)):
+        if key is not None:
+            if key not in adata.obs:
+                raise KeyError(f"{name} {key!r} is not a column of adata.obs (have: {list(adata.obs.columns)})")
+            columns[name] = adata.obs[key]
+    scatter = batch_key is not None and removal == "scatter"
+    # The column a compute_target is made of: the labels, or the batch for the project/proj_adv removal.
+    labels = columns.get("labels_key", None if scatter else columns.get("batch_key"))
     key = labels_key if labels_key is not None else batch_key
-    labels = None
-    if key is not None:
-        if key not in adata.obs:
-            raise KeyError(f"{'labels_key' if labels_key is not None else 'batch_key'} {key!r} is not a column of "
-                           f"adata.obs (have: {list(adata.obs.columns)})")
-        labels = adata.obs[key]
 
     seed = nmf_options.pop("seed", None)
     if seed is None:  # one seed for both fits of the guided recipe, and recorded
@@ -97,17 +108,22 @@ def nmf(
     if nmf_options.get("mask") is not None:  # given like X (cells x genes); nmf wants A's orientation
         mask = nmf_options["mask"]
         nmf_options["mask"] = mask.T if hasattr(mask, "T") else np.asarray(mask).T
-    model = _nmf(A, k, seed=seed, **nmf_options)
-    if labels is not None:
-        T = compute_target(model.h, labels, whiten=whiten)
+    remove = {"remove": columns["batch_key"], "remove_lambda": batch_lam} if scatter else {}
+    if labels is None:
+        model = _nmf(A, k, seed=seed, **remove, **nmf_options)
+    else:
+        base = _nmf(A, k, seed=seed, **nmf_options)
+        T = compute_target(base.h, labels, whiten=whiten)
         signed = lam if labels_key is not None else -lam
-        model = _nmf(A, k, seed=seed, target_H=T, target_lambda=signed, removal=removal, **nmf_options)
+        model = _nmf(A, k, seed=seed, target_H=T, target_lambda=signed, removal=removal, **remove, **nmf_options)
 
     adata.obsm["X_" + key_added] = np.asarray(model.embedding())
     adata.varm[key_added + "_W"] = np.asarray(model.w)
     guided = {"target_lambda": lam, "whiten": bool(whiten)} if key is not None else {}
     if batch_key is not None:
         guided["removal"] = removal
+        if scatter:
+            guided["batch_lambda"] = batch_lam
     params = {"k": int(k), "layer": layer, "labels_key": labels_key, "batch_key": batch_key, **guided,
               "seed": seed if isinstance(seed, numbers.Integral) else f"<{type(seed).__name__}>",
               **_plain(nmf_options)}

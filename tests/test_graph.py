@@ -96,9 +96,9 @@ def test_h_target_in_graph_equals_nmf_and_rcppml(hawaii_ref, hawaiibirds):
         assert _max_diff(res.embedding(), plain.embedding()) > 1e-2
 
         # removal (negative lambda, PROJ_ADV): the first iterations, as nmf() and RcppML
-        cfg5 = g.factor_config(tol=1e-4, maxit=5, seed=42)
+        cfg5 = g.factor_config(tol=1e-4, maxit=5, seed=42, removal="proj_adv")
         rem = g.fit(g.factor_input(A).nmf_layer(8, H=g.H(target=T, target_lambda=-0.10)).factor_net(cfg5))
-        ref5 = jnmf.nmf(A, 8, tol=1e-4, maxit=5, seed=42, target_H=T, target_lambda=-0.10)
+        ref5 = jnmf.nmf(A, 8, tol=1e-4, maxit=5, seed=42, target_H=T, target_lambda=-0.10, removal="proj_adv")
         _assert_same_model(rem[0], ref5)
         hist = np.asarray(rem[0].model.loss_history)
         expected = hawaii_ref["removal010_loss_history"][:5]

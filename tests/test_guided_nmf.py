@@ -71,13 +71,15 @@ def test_proj_adv_first_iterations_match_rcppml(birds):
     ref, A = birds
     expected = ref["removal010_loss_history"][:5]
     with jax.enable_x64(True):
-        model = jnmf.nmf(A, 8, tol=1e-4, maxit=100, seed=42, target_H=ref["target_T"], target_lambda=-0.10)
+        model = jnmf.nmf(A, 8, tol=1e-4, maxit=100, seed=42, target_H=ref["target_T"], target_lambda=-0.10,
+                         removal="proj_adv")
         assert _rel(model.loss_history[:5], expected) < 1e-3
         # PROJ_ADV does not converge on hawaiibirds (reference §12.4), here as in RcppML
         assert int(model.iter) == int(ref["removal010_iter"]) == 100 and not bool(model.converged)
         assert float(jnp.min(model.w)) >= 0.0 and float(jnp.min(model.h)) >= 0.0
     # float32: the chaotic tail can overflow, so run the prepared problem without nmf()'s finiteness check
-    problem = jnmf.prepare(A, 8, tol=1e-4, maxit=5, seed=42, target_H=ref["target_T"], target_lambda=-0.10)
+    problem = jnmf.prepare(A, 8, tol=1e-4, maxit=5, seed=42, target_H=ref["target_T"], target_lambda=-0.10,
+                           removal="proj_adv")
     assert _rel(jnmf.solve(problem).loss_history, expected) < 1e-3
 
 
@@ -89,7 +91,7 @@ def test_proj_adv_first_iterations_match_rcppml(birds):
 def test_lambda_zero_equals_no_target(toy):
     plain = jnmf.nmf(toy["A"], 3, seed=1, tol=1e-8, maxit=30)
     zero = jnmf.nmf(toy["A"], 3, seed=1, tol=1e-8, maxit=30, target_H=toy["target_T"], target_lambda=0.0)
-    for removal in ("proj_adv", "project"):
+    for removal in ("proj_adv", "project", "scatter"):
         zero_r = jnmf.nmf(toy["A"], 3, seed=1, tol=1e-8, maxit=30, target_H=toy["target_T"], target_lambda=0.0,
                           removal=removal)
         np.testing.assert_array_equal(zero_r.h, zero.h)
@@ -101,7 +103,8 @@ def test_lambda_zero_equals_no_target(toy):
 
 @pytest.mark.parametrize(
     "removal, x64",
-    [("proj_adv", True), ("proj_adv", False), ("project", True), ("project", False)],
+    [("proj_adv", True), ("proj_adv", False), ("project", True), ("project", False), ("scatter", True),
+     ("scatter", False)],
 )
 def test_signs_differ_and_factors_stay_nonnegative(toy, removal, x64):
     kw = dict(seed=1, maxit=20, tol=1e-8, target_H=toy["target_T"], removal=removal)
