@@ -82,7 +82,7 @@ def canonical_sparse(A: Any, dtype: Any = np.float32, name: str = "A", *, format
     if A.ndim != 2:
         raise ValueError(f"{name} must be a 2-D matrix (features x samples), got {A.ndim} dimension(s)")
     in_dtype = np.dtype(A.dtype)
-    if not (np.issubdtype(in_dtype, np.floating) or np.issubdtype(in_dtype, np.integer) or in_dtype == bool):
+    if not (np.issubdtype(in_dtype, np.floating) or np.issubdtype(in_dtype, np.integer) or in_dtype == np.bool_):
         raise TypeError(f"{name} must hold real numbers, got dtype {in_dtype}")
     m, n = (int(s) for s in A.shape)
     if m == 0 or n == 0:

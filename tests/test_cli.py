@@ -14,8 +14,9 @@ from jnmf import cli
 from jnmf.cli import ConfigError, RunLockedError
 
 ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = (ROOT / "experiments" / "guided_nmf.py").as_posix()
 DIGITS = (ROOT / "configs" / "guided_nmf_digits.toml").read_text(encoding="utf-8").replace(
-    'experiment = "../experiments/guided_nmf.py"', f'experiment = "{(ROOT / "experiments" / "guided_nmf.py").as_posix()}"')
+    'experiment = "../experiments/guided_nmf.py"', f'experiment = "{EXPERIMENT}"')
 
 
 @pytest.fixture

@@ -126,7 +126,7 @@ def test_unsorted_fixtures_really_are_unsorted_and_have_zeros():
         A = cases[key].copy()
         assert not A.has_sorted_indices and np.any(A.data == 0), key
     coo = cases["coo_dup"]
-    assert len(set(zip(coo.row.tolist(), coo.col.tolist()))) < coo.nnz  # duplicates present
+    assert len(set(zip(coo.row.tolist(), coo.col.tolist(), strict=True))) < coo.nnz  # duplicates present
     dia = cases["dia_padding"]
     assert np.any(dia.data < 0) and np.all(dia.toarray() >= 0)  # negatives only in the padding
 

@@ -2,12 +2,23 @@
 
 import dataclasses
 import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import jnmf
+from jnmf._io import ModelFileError
 from jnmf._model import NMFModel
 
 FIELDS = [f.name for f in dataclasses.fields(NMFModel)]
@@ -74,20 +85,6 @@ def test_load_and_save_errors(toy_ref, tmp_path):
 
 
 # Integrity (issue 18): atomic saves, one error type naming the file for every broken file, no unpickling.
-
-import os
-import pickle
-import re
-import signal
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
-import jax.numpy as jnp
-import scipy.sparse as sp
-
-from jnmf._io import ModelFileError
 
 
 def _model(m=6, n=5, k=2, maxit=4, seed=0):
