@@ -16,6 +16,49 @@ import numpy as np
 
 import jnmf
 from jnmf import plot
+from jnmf.cli import ConfigError, OneOf, Required
+
+# The config this experiment reads, checked by `jnmf run` before any compute (protocol: jnmf/cli.py's docstring).
+_NUMBERS = {"nmi": float, "ari": float, "accuracy_knn": float, "accuracy_lr": float, "mse_ratio": float}
+CONFIG_SCHEMA = {
+    "experiment": Required(str),
+    "title": str,
+    "data": Required({"name": Required(str), "labels": Required(str), "subsample": int, "subsample_seed": int}),
+    # Options passed to every jnmf.nmf call; nmf itself checks their values. target_*/removal come from [[methods]].
+    "nmf": Required({"k": Required(int), "tol": float, "maxit": int, "seed": int, "L1": (float, [float]),
+                     "L2": (float, [float]), "nonneg": (bool, [bool]), "solver": OneOf("auto", "cholesky", "cd"),
+                     "norm": OneOf("L1", "L2", "none"), "sort": bool, "upper_bound": (float, [float]),
+                     "cd_maxit": int, "cd_tol": float, "layout": OneOf("auto", "dense", "sparse"),
+                     "loop": OneOf("while", "scan"), "dtype": OneOf("float32", "float64"),
+                     "max_memory_bytes": int}),
+    "assess": {"classifiers": [OneOf("knn", "lr", "rf")], "seed": int},
+    "figures": {"umap": bool, "n_neighbors": int, "min_dist": float, "metric": str, "seed": int},
+    "methods": Required([{"key": Required(str), "label": Required(str),
+                          "kind": Required(OneOf("baseline", "refine", "target")), "lambda": float,
+                          "removal": OneOf("proj_adv", "project"), "published": _NUMBERS}]),
+    "tables": {"*": [str]},
+}
+
+
+def validate_config(config: dict, path) -> None:
+    """What the schema cannot say: refine/target need a lambda, method keys are unique, tables name methods."""
+    keys = [m["key"] for m in config["methods"]]
+    if not keys:
+        raise ConfigError(path, "methods", "needs at least one [[methods]] entry")
+    for i, m in enumerate(config["methods"]):
+        if m["kind"] in ("refine", "target") and "lambda" not in m:
+            raise ConfigError(path, f"methods[{i}].lambda", f"missing required key for kind {m['kind']!r} "
+                              f"(method {m['key']!r})")
+        if m["kind"] != "target" and "removal" in m:
+            raise ConfigError(path, f"methods[{i}].removal", f"only applies to kind 'target', not {m['kind']!r}")
+        if keys.count(m["key"]) > 1:
+            raise ConfigError(path, f"methods[{i}].key", f"duplicate method key {m['key']!r}")
+    for name, listed in config.get("tables", {}).items():
+        for key in listed:
+            if key not in keys:
+                raise ConfigError(path, f"tables.{name}", f"names method {key!r}, which is not a [[methods]] key "
+                                  f"({', '.join(repr(k) for k in keys)})")
+
 
 RECORD_FIELDS = ("method", "nmi", "ari", "accuracy_knn", "accuracy_lr", "mse_ratio", "iterations", "converged",
                  "seconds")

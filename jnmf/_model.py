@@ -70,26 +70,60 @@ class NMFModel:
         return f"NMFModel({shape}, iter={int(self.iter)}, loss={float(self.loss):.6g}, {status})"
 
 
-def evaluate(model: NMFModel, A: Any) -> float:
-    """Mean squared error over all m·n entries (zeros included), computed in float64 without densifying A.
+def evaluate(model: NMFModel, A: Any, mask: Any = None) -> float:
+    """Mean squared error of the model's reconstruction, over A's observed entries, in float64.
 
-    ``mean((A - w diag(d) h)^2)``; equals RcppML's ``evaluate(model, A)`` and the vignette's MSE.
+    Parameters
+    ----------
+    model : NMFModel
+        An unbatched model of A's shape.
+    A : array or scipy.sparse matrix
+        The data (m, n). NaN entries are missing, as in ``nmf``: they are left out.
+    mask : array or scipy.sparse matrix, optional
+        Boolean (or 0/1) of A's shape, True = ignore the entry, as ``nmf``'s ``mask``; combined with A's NaN.
+
+    Returns
+    -------
+    float
+        Without missing entries: ``mean((A - w diag(d) h)^2)`` over all m·n entries (zeros included), equal to
+        RcppML's ``evaluate(model, A)`` and the vignette's MSE, computed without densifying a sparse A. With a
+        mask or NaN: the mean over the observed entries only (the error the masked fit minimises, divided by
+        their count; NaN if none is observed), computed densely, as the masked fit itself is.
     """
+    from ._data import _check_mask
+    from ._input import canonical_sparse
+
     W = np.asarray(model.w, np.float64) * np.asarray(model.d, np.float64)
     H = np.asarray(model.h, np.float64)
+    if W.ndim != 2:
+        raise ValueError(f"model must be unbatched (w of shape (m, k)), got w of shape {W.shape}")
     m, n = W.shape[0], H.shape[1]
     if A.shape != (m, n):
         raise ValueError(f"A must have shape {(m, n)} to match the model, got {A.shape}")
+    M = None if mask is None else _check_mask(mask, (m, n), "mask")
     if sp.issparse(A):
-        A = sp.csr_matrix(A, dtype=np.float64)
-        a2 = float(A.data @ A.data)
-        cross = _sparse_cross(A, W, H)
+        # Canonical copy: duplicates summed (|A|^2 from raw COO data would count them apart), DIA padding dropped.
+        A = canonical_sparse(A, np.float64, "A", check=False)
+        if M is None and not np.isnan(A.data).any():
+            a2 = float(A.data @ A.data)
+            cross = _sparse_cross(A, W, H)
+            fit2 = float(np.sum((W.T @ W) * (H @ H.T)))
+            return max(a2 - 2.0 * cross + fit2, 0.0) / (m * n)
+        A = A.toarray()
     else:
         A = np.asarray(A, np.float64)
+    nan = np.isnan(A)
+    if M is None and not nan.any():
         a2 = float(np.vdot(A, A))
         cross = float(np.vdot(A, W @ H))
-    fit2 = float(np.sum((W.T @ W) * (H @ H.T)))
-    return max(a2 - 2.0 * cross + fit2, 0.0) / (m * n)
+        fit2 = float(np.sum((W.T @ W) * (H @ H.T)))
+        return max(a2 - 2.0 * cross + fit2, 0.0) / (m * n)
+    ignore = nan if M is None else (nan | M)
+    observed = int(ignore.size - np.count_nonzero(ignore))
+    if observed == 0:
+        return float("nan")
+    resid = np.where(ignore, 0.0, np.where(nan, 0.0, A) - W @ H)
+    return float(np.vdot(resid, resid)) / observed
 
 
 def _sparse_cross(A: sp.csr_matrix, W: np.ndarray, H: np.ndarray) -> float:

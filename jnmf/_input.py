@@ -1,0 +1,166 @@
+"""Canonical sparse input: one new CSR (or CSC) matrix, whatever scipy.sparse format the caller passed.
+
+Why a function of its own: the engine reads ``A.data``, ``A.indices`` and ``A.indptr`` directly (value checks,
+``|A|^2``, the host CSR kernel, the ELL blocks), which is only right for a *canonical* matrix, and scipy's own
+conversions are not enough:
+
+* ``sp.csr_matrix(A, dtype)`` may share ``indices``/``indptr`` (and ``data`` when the dtype already matches) with
+  the caller's matrix, so a later ``sort_indices()`` / ``sum_duplicates()`` rewrites the caller's arrays in place
+  (with a new dtype, only the indices: the caller's matrix is then silently wrong);
+* a COO matrix may hold duplicate entries (the matrix is their sum: ``|A.data|^2`` and a sign check of
+  ``A.data`` are then wrong);
+* a DIA matrix's ``data`` holds padding slots outside the matrix, with arbitrary values (even negative or NaN);
+* explicit zeros cost work and memory in every kernel.
+
+``canonical_sparse`` copies first and canonicalises the copy only, so the caller's matrix (values, index arrays
+and scipy's cached ``has_canonical_format`` / ``has_sorted_indices`` flags) is never touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def canonical_sparse(A: Any, dtype: Any = np.float32, name: str = "A", *, format: str = "csr",
+                     check: bool = True, nan: str = "keep") -> sp.csr_matrix | sp.csc_matrix:
+    """A new canonical copy of a scipy sparse matrix or array, of float ``dtype``; the caller's A is never changed.
+
+    Parameters
+    ----------
+    A : scipy.sparse matrix or array
+        Any format: CSR, CSC, COO (duplicate entries allowed: they are summed), DIA (padding slots outside the
+        matrix are ignored, whatever they hold), LIL, DOK, BSR, and the ``*_array`` classes. It must be 2-D
+        and hold real numbers (float, integer or bool).
+    dtype : float32 or float64
+        The dtype of the result's values. Duplicates are summed in float64 before the cast (integers are
+        never summed in their own, overflowing, type).
+    name : str
+        What error messages call A (``"A"``, ``"A_new"``, ``"chunks[3]"``).
+    format : {"csr", "csc"}
+        ``"csr"`` returns a ``scipy.sparse.csr_matrix``; ``"csc"`` a ``csc_matrix`` (for the column-major ELL
+        blocks), canonical too. Both are always ``*_matrix`` classes, whatever A's class.
+    check : bool
+        Check the values of the result: any infinite value (also one reached by casting to ``dtype``, e.g.
+        1e300 in float32) or negative value raises ``ValueError`` naming ``name``. Pass ``False`` when a mask
+        is given, whose masked entries may hold anything (``split_mask`` zeroes them; ``check_data`` then checks
+        the observed values).
+    nan : {"keep", "raise"}
+        NaN stored entries mean *missing* in jnmf, as for dense input. ``"keep"`` (default) leaves them in the
+        result as stored entries (a duplicate summed with a NaN stays NaN) for ``split_mask`` to fold into the
+        mask, exactly as the engine treats sparse NaN today; ``"raise"`` refuses them (for callers without
+        missing-data support), naming ``name``.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix or scipy.sparse.csc_matrix
+        New arrays throughout (no memory shared with A): duplicates summed, indices sorted, explicit zeros (also
+        values that round to 0 in ``dtype``) dropped, ``has_canonical_format`` True, int32 indices and indptr
+        when nnz and both dimensions are below 2**31, else int64.
+
+    Raises
+    ------
+    TypeError
+        A is not a scipy sparse matrix/array, or holds complex or non-numeric values; ``dtype`` is not float32
+        or float64.
+    ValueError
+        A is not 2-D or is empty; with ``check``: infinite or negative values; with ``nan="raise"``: NaN.
+    """
+    if not sp.issparse(A):
+        raise TypeError(f"{name} must be a scipy.sparse matrix or array, got {type(A).__name__}")
+    if format not in ("csr", "csc"):
+        raise ValueError(f"format must be 'csr' or 'csc', got {format!r}")
+    if nan not in ("keep", "raise"):
+        raise ValueError(f"nan must be 'keep' or 'raise', got {nan!r}")
+    out_dtype = np.dtype(dtype)
+    if out_dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {out_dtype}")
+    if A.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix (features x samples), got {A.ndim} dimension(s)")
+    in_dtype = np.dtype(A.dtype)
+    if not (np.issubdtype(in_dtype, np.floating) or np.issubdtype(in_dtype, np.integer) or in_dtype == np.bool_):
+        raise TypeError(f"{name} must hold real numbers, got dtype {in_dtype}")
+    m, n = (int(s) for s in A.shape)
+    if m == 0 or n == 0:
+        raise ValueError(f"{name} is empty (shape {(m, n)}); it needs at least one row and one column")
+
+    row, col, val = _entries(A)
+    # inf before summing: inf + (-inf) in two duplicates would otherwise become a NaN, i.e. silently "missing".
+    if check and val.size and np.isinf(val).any():
+        bad = int(np.count_nonzero(np.isinf(val)))
+        raise ValueError(f"{name} contains {bad} infinite value(s); NMF needs finite data (NaN marks missing)")
+    if nan == "raise" and val.size and np.isnan(val).any():
+        bad = int(np.count_nonzero(np.isnan(val)))
+        raise ValueError(f"{name} contains {bad} NaN value(s); missing entries are not supported here")
+
+    # The (data, (row, col)) constructor sums duplicates and sorts, on our own arrays only.
+    major, minor = (row, col) if format == "csr" else (col, row)
+    n_major, n_minor = (m, n) if format == "csr" else (n, m)
+    order = np.lexsort((minor, major)) if not _is_sorted(major, minor) else None
+    if order is not None:
+        major, minor, val = major[order], minor[order], val[order]
+    if major.size > 1:
+        first = np.empty(major.size, bool)
+        first[0] = True
+        np.logical_or(major[1:] != major[:-1], minor[1:] != minor[:-1], out=first[1:])
+        if not first.all():  # duplicates: sum each run (float64, so integers cannot overflow)
+            starts = np.flatnonzero(first)
+            val = np.add.reduceat(val, starts)
+            major, minor = major[starts], minor[starts]
+    with np.errstate(over="ignore"):  # an overflow to inf is reported by the check below, naming A
+        val = val.astype(out_dtype)
+    keep = val != 0  # NaN != 0: NaN entries stay (missing), explicit and rounded-to-zero entries go
+    if not keep.all():
+        major, minor, val = major[keep], minor[keep], val[keep]
+    if check and val.size:
+        if np.isinf(val).any():
+            raise ValueError(f"{name} has values too large for {out_dtype.name} (max {np.nanmax(val):.4g} after "
+                             f"the cast); scale A or use dtype=float64")
+        observed = val[~np.isnan(val)]
+        if observed.size and observed.min() < 0:
+            raise ValueError(f"{name} contains {int(np.count_nonzero(observed < 0))} negative value(s) (min "
+                             f"{observed.min():.4g}); NMF needs non-negative data")
+
+    nnz = int(val.size)
+    idx = np.int32 if max(nnz, m, n) <= _INT32_MAX else np.int64
+    indptr = np.zeros(n_major + 1, idx)
+    np.cumsum(np.bincount(major, minlength=n_major), out=indptr[1:])
+    cls = sp.csr_matrix if format == "csr" else sp.csc_matrix
+    # copy=False: every array here is this function's own; shape given, so scipy does not infer it.
+    out = cls((val, minor.astype(idx), indptr), shape=(m, n), copy=False)
+    # scipy's constructor may pick its own index dtype; keep the documented one.
+    out.indices = out.indices.astype(idx, copy=False)
+    out.indptr = out.indptr.astype(idx, copy=False)
+    out.has_canonical_format = True  # sorted, summed: true by construction (sets has_sorted_indices too)
+    return out
+
+
+def _entries(A: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, col, value) of A's stored entries as new int64 / float64 arrays, padding excluded.
+
+    Reads A's arrays without writing to them: scipy's ``tocoo`` builds new arrays for CSR/CSC/BSR/DIA/LIL/DOK
+    (DIA through ``tocsr``, which drops padding slots); COO's own arrays are only read here, and every array
+    returned is a fresh copy (``astype`` copies), so nothing the caller holds is shared.
+    """
+    if A.format in ("csr", "csc"):
+        indptr = np.asarray(A.indptr)
+        counts = np.diff(indptr).astype(np.int64)
+        major = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+        minor = np.asarray(A.indices)[: int(indptr[-1])].astype(np.int64)
+        val = np.asarray(A.data)[: int(indptr[-1])].astype(np.float64)
+        return (major, minor, val) if A.format == "csr" else (minor, major, val)
+    coo = A if A.format == "coo" else A.tocoo(copy=True)
+    return (np.asarray(coo.row).astype(np.int64), np.asarray(coo.col).astype(np.int64),
+            np.asarray(coo.data).astype(np.float64))
+
+
+def _is_sorted(major: np.ndarray, minor: np.ndarray) -> bool:
+    """Whether (major, minor) pairs are in non-decreasing lexicographic order (duplicates allowed)."""
+    if major.size < 2:
+        return True
+    dm = np.diff(major)
+    return bool(np.all((dm > 0) | ((dm == 0) & (np.diff(minor) >= 0))))
