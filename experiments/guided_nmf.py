@@ -35,7 +35,7 @@ CONFIG_SCHEMA = {
     "figures": {"umap": bool, "n_neighbors": int, "min_dist": float, "metric": str, "seed": int},
     "methods": Required([{"key": Required(str), "label": Required(str),
                           "kind": Required(OneOf("baseline", "refine", "target")), "lambda": float,
-                          "removal": OneOf("proj_adv", "project"), "published": _NUMBERS}]),
+                          "removal": OneOf("scatter", "proj_adv", "project"), "published": _NUMBERS}]),
     "tables": {"*": [str]},
 }
 
@@ -70,7 +70,7 @@ def _fit(kind: str, spec: dict, A, labels, base, target, nmf_opts: dict):
     if kind == "refine":
         return jnmf.refine(base, labels, lambda_=spec["lambda"])
     if kind == "target":
-        return jnmf.nmf(A, target_H=target, target_lambda=spec["lambda"], removal=spec.get("removal", "proj_adv"),
+        return jnmf.nmf(A, target_H=target, target_lambda=spec["lambda"], removal=spec.get("removal", "scatter"),
                         **nmf_opts)
     raise ValueError(f"method kind must be baseline, refine or target, got {kind!r} in {spec.get('key')!r}")
 

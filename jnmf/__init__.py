@@ -26,6 +26,7 @@ from ._sklearn import NMF, GuidedNMF
 from ._solve import Config, Hyper, Problem, nmf, prepare, solve
 from ._sweep import SweepChunkWarning, SweepResult, class_separation, prepare_differentiable, sweep
 from ._targets import class_target, compute_target, label_codes, oas_zca_refine, oas_zca_whitener, refine
+from ._tune import RemovalTuning, tune_removal
 from .graph import (
     FactorNetResult,
     H,
@@ -86,6 +87,8 @@ __all__ = [
     "class_separation",
     "prepare_differentiable",
     "sweep",
+    "RemovalTuning",
+    "tune_removal",
     "graph",
     "FactorNetResult",
     "H",

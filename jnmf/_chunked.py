@@ -103,7 +103,7 @@ def _read(chunk: Any, mask: Any, i: int, itemsize: int) -> tuple[Any, np.ndarray
     A = sp.load_npz(chunk) if _is_path(chunk) else chunk
     mask = sp.load_npz(mask) if _is_path(mask) else mask
     try:
-        A, M = split_mask(A, mask, itemsize, mask_name=f"masks[{i}]")
+        A, M = split_mask(A, mask, itemsize, mask_name=f"masks[{i}]", name=f"chunks[{i}]")
     except ValueError as e:  # e.g. a chunk too large for the dense layout that masked fits use
         raise ValueError(f"chunks[{i}]: {e}") from None
     return V.check_data(A, f"chunks[{i}]"), M

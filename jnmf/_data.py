@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from jax import lax
 
 from ._csr_kernel import csr_times_t
+from ._input import canonical_sparse
 from ._memory import default_budget, estimate_memory, gib
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -395,7 +396,7 @@ def choose_layout(A: Any, layout: str, itemsize: int, k: int = 1, max_memory_byt
 
 
 def split_mask(A: Any, mask: Any, itemsize: int, layout: str = "auto",
-               mask_name: str = "mask") -> tuple[Any, np.ndarray | None]:
+               mask_name: str = "mask", name: str = "A") -> tuple[Any, np.ndarray | None]:
     """Fold NaN entries of A into ``mask`` (True = ignore) and zero the masked entries of A.
 
     Returns ``(A, None)`` unchanged when nothing is masked (no mask, or an all-False one, and no NaN). Otherwise
@@ -406,6 +407,10 @@ def split_mask(A: Any, mask: Any, itemsize: int, layout: str = "auto",
     """
     if isinstance(A, (str, bytes)) or A is None:
         return A, None  # check_data names the type error
+    if sp.issparse(A):
+        # One canonical copy (duplicates summed, indices sorted, explicit zeros and DIA padding dropped, any format):
+        # the caller's matrix is never modified, and every later step sees the same matrix whatever its storage.
+        A = canonical_sparse(A, {4: np.float32, 8: np.float64}[itemsize], name, check=False)
     values = np.asarray(A.data) if sp.issparse(A) else np.asarray(A)
     shape = tuple(A.shape) if sp.issparse(A) else values.shape
     if len(shape) != 2:

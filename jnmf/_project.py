@@ -69,7 +69,7 @@ def project(
         raise ValueError(f"model must be a single fit, got a batch of models (d has shape {np.shape(model.d)})")
     m, k = model.w.shape
     dtype = jnp.dtype(model.w.dtype)
-    A_new, M = split_mask(A_new, mask, dtype.itemsize)
+    A_new, M = split_mask(A_new, mask, dtype.itemsize, name="A_new")
     A_new = V.check_data(A_new, "A_new")
     if A_new.shape[0] != m:
         raise ValueError(f"A_new must have the model's {m} features in rows (m x n_new), got shape {A_new.shape}")

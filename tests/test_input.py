@@ -235,7 +235,6 @@ def _e2e_cases():
             _unsorted_csr(Y.T, np.float32).T}
 
 
-_PENDING = pytest.mark.xfail(strict=True, reason="engine wiring pending (lead)")
 
 
 # What fails today: csr_unsorted_f64: csr_matrix(A, float32) copies the data but shares the indices, which
@@ -243,9 +242,9 @@ _PENDING = pytest.mark.xfail(strict=True, reason="engine wiring pending (lead)")
 # separately (another loss); csc_unsorted_f32: the explicit zeros reach the host kernel (results differ in the
 # last bits from the canonical fit's).
 @pytest.mark.parametrize("case", [
-    pytest.param("csr_unsorted_f64", marks=_PENDING),
-    pytest.param("coo_dup", marks=_PENDING),
-    pytest.param("csc_unsorted_f32", marks=_PENDING),
+    "csr_unsorted_f64",
+    "coo_dup",
+    "csc_unsorted_f32",
 ])
 def test_nmf_does_not_mutate_and_fits_the_canonical_matrix(case):
     A = _e2e_cases()[case]
@@ -257,7 +256,6 @@ def test_nmf_does_not_mutate_and_fits_the_canonical_matrix(case):
         np.testing.assert_array_equal(np.asarray(getattr(model, field)), np.asarray(getattr(ref, field)), field)
 
 
-@_PENDING
 def test_nmf_loss_of_duplicated_coo_is_the_summed_matrix_loss():
     # |A|^2 from A.data counts duplicates separately: (a/2)^2 + (a/2)^2 != a^2, so the loss would be wrong.
     A = _e2e_cases()["coo_dup"]
@@ -266,7 +264,6 @@ def test_nmf_loss_of_duplicated_coo_is_the_summed_matrix_loss():
     np.testing.assert_allclose(float(model.loss), float(ref.loss), rtol=1e-5)
 
 
-@_PENDING
 def test_nmf_accepts_dia_with_negative_padding():
     # Today A.data's padding slots are read as data: the NaN there asks for a masked fit (refused with
     # layout="sparse"), and without it the -7 would be "negative values".

@@ -191,3 +191,21 @@ def test_validation(data):
     problem = jnmf.prepare(A, k, seed=1)
     with pytest.raises(ValueError, match="no remove= grouping"):
         jnmf.solve(problem, remove_lambda=0.5)
+
+
+def test_tune_removal_meets_the_bio_constraint_and_refines_the_grid():
+    rng = np.random.default_rng(5)
+    n, m = 120, 40
+    cell = np.tile([0, 1, 2, 3], n // 4)
+    batch = np.repeat([0, 1, 2], n // 3)
+    A = (np.abs(rng.normal(size=(m, 4))) ** 2)[:, cell] * 3 + np.abs(rng.normal(size=(m, 3)))[:, batch] * 2
+    A = A + 0.1 * rng.random((m, n))
+    with jax.enable_x64(True):
+        res = jnmf.tune_removal(A, 5, batch, cell, bio_tolerance=0.05, maxit=30, cd_maxit=10,
+                                grid=(0.01, 0.1, 1.0, 10.0))
+    assert res.bio >= res.bio0 - 0.05 - 1e-9  # the constraint holds at the chosen lambda
+    assert res.lam >= res.grid_lam  # Newton lands on the boundary the grid brackets
+    assert res.batch < res.batch0  # and the batch structure went down
+    grid_bio = dict((lam, bio) for lam, _, bio in res.grid)
+    larger = [lam for lam in grid_bio if lam > res.lam]
+    assert all(grid_bio[lam] < res.bio0 - 0.05 for lam in larger)  # nothing larger on the grid is feasible
