@@ -13,6 +13,7 @@ from ._features import (
     target_augment,
     target_gram,
 )
+from ._inmf import INMFModel, inmf, quantile_norm
 from ._io import load, save
 from ._memory import estimate_memory
 from ._model import NMFModel, evaluate
@@ -49,12 +50,14 @@ __all__ = [
     "Problem",
     "RRandom",
     "HostSparseData",
+    "INMFModel",
     "SparseData",
     "apply_l1_l2",
     "cholesky_clip",
     "datasets",
     "evaluate",
     "gram",
+    "inmf",
     "nmf",
     "nmf_chunked",
     "estimate_memory",
@@ -98,6 +101,7 @@ __all__ = [
     "NMF",
     "load",
     "project",
+    "quantile_norm",
     "save",
     "tl",
 ]
