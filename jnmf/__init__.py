@@ -16,6 +16,7 @@ from ._features import (
     target_augment,
     target_gram,
 )
+from ._inmf import INMFModel, inmf, quantile_norm
 from ._io import load, save
 from ._memory import estimate_memory
 from ._model import NMFModel, evaluate
@@ -53,6 +54,7 @@ __all__ = [
     "Problem",
     "RRandom",
     "HostSparseData",
+    "INMFModel",
     "SparseData",
     "apply_l1_l2",
     "between_groups",
@@ -62,6 +64,7 @@ __all__ = [
     "datasets",
     "evaluate",
     "gram",
+    "inmf",
     "nmf",
     "nmf_chunked",
     "estimate_memory",
@@ -107,6 +110,7 @@ __all__ = [
     "NMF",
     "load",
     "project",
+    "quantile_norm",
     "save",
     "tl",
 ]

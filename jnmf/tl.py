@@ -16,7 +16,7 @@ from ._solve import REMOVALS
 from ._solve import nmf as _nmf
 from ._targets import compute_target
 
-__all__ = ["nmf"]
+__all__ = ["inmf", "nmf"]
 
 
 def nmf(
@@ -150,3 +150,107 @@ def _plain(options: dict[str, Any]) -> dict[str, Any]:
         else:
             out[name] = f"<{type(value).__name__} of shape {np.shape(value)}>"
     return out
+
+
+def inmf(
+    adata: Any,
+    k: int,
+    *,
+    batch_key: str,
+    layer: str | None = None,
+    lambda_: float = 5.0,
+    key_added: str = "inmf",
+    copy: bool = False,
+    ref_dataset: Any = None,
+    quantiles: int = 50,
+    min_cells: int = 20,
+    max_sample: int | None = 1000,
+    **inmf_options: Any,
+) -> Any:
+    """Integrative NMF (LIGER's iNMF, ``jnmf.inmf``) of ``adata`` (cells x genes) with one batch per level of
+    ``adata.obs[batch_key]``, then LIGER's quantile alignment (``jnmf.quantile_norm``).
+
+    Batches are the levels of ``obs[batch_key]`` in sorted order (categories in their order for a categorical);
+    within a batch, cells keep their order in ``adata``. Writes, rows in ``adata``'s cell order:
+    ``adata.obsm["X_" + key_added]`` = the aligned embedding (n_cells, k), ``obsm["X_" + key_added + "_raw"]`` =
+    the unaligned ``H_i'``; ``adata.varm[key_added + "_W"]`` = the shared W (n_genes, k) and
+    ``varm[key_added + "_V_" + level]`` = each batch's V_i; ``adata.uns[key_added]`` = ``{"batches", "iter",
+    "loss", "loss_history", "converged", "params"}``.
+
+    Args:
+        adata: an AnnData object with cells in rows.
+        k: rank.
+        batch_key: the ``obs`` column of batch labels (no missing values).
+        layer: use ``adata.layers[layer]`` instead of ``adata.X``.
+        lambda_: iNMF penalty (LIGER's default 5).
+        key_added: prefix of the keys written.
+        copy: return a modified copy instead of writing into ``adata`` (which then returns None).
+        ref_dataset: the reference batch of the alignment, a level of ``batch_key`` (default the largest batch).
+        quantiles, min_cells, max_sample: passed to ``quantile_norm``.
+        **inmf_options: passed to ``jnmf.inmf`` (``seed``, ``tol``, ``maxit``, ``layout``, ...). ``seed=None``
+            draws one seed, recorded in ``uns[key_added]["params"]["seed"]``.
+    """
+    from ._inmf import inmf as _inmf
+    from ._inmf import quantile_norm
+
+    for attr in ("X", "obs", "obsm", "varm", "uns", "layers"):
+        if not hasattr(adata, attr):
+            raise TypeError(f"adata must be an AnnData object, got {type(adata).__name__} (no .{attr})")
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
+    for name in ("masks", "w_init", "v_init", "h_init"):
+        if name in inmf_options:
+            raise TypeError(f"tl.inmf does not take {name}; call jnmf.inmf on the batch matrices instead")
+    if batch_key not in adata.obs:
+        raise KeyError(f"batch_key {batch_key!r} is not a column of adata.obs (have: {list(adata.obs.columns)})")
+    if layer is None:
+        X = adata.X
+    elif layer in adata.layers:
+        X = adata.layers[layer]
+    else:
+        raise KeyError(f"layer {layer!r} is not in adata.layers (have: {list(adata.layers.keys())})")
+    if X is None:
+        raise ValueError("adata.X is None; give layer=...")
+    labels = adata.obs[batch_key]
+    if labels.isna().any():
+        raise ValueError(f"batch_key {batch_key!r}: {int(labels.isna().sum())} cells have no batch label")
+    levels = list(labels.cat.categories) if hasattr(labels, "cat") else sorted(set(labels.tolist()))
+    values = np.asarray(labels.astype(object))
+    idx = [np.flatnonzero(values == level) for level in levels]
+    keep = [j for j, ix in enumerate(idx) if ix.size]
+    levels, idx = [levels[j] for j in keep], [idx[j] for j in keep]
+    ref = None
+    if ref_dataset is not None:
+        if ref_dataset not in levels:
+            raise ValueError(f"ref_dataset {ref_dataset!r} is not a batch of {batch_key!r} (have: {levels})")
+        ref = levels.index(ref_dataset)
+    if copy:
+        adata = adata.copy()
+
+    seed = inmf_options.pop("seed", None)
+    if seed is None:
+        seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+    As = [X[ix].T for ix in idx]  # genes x cells per batch
+    model = _inmf(As, k, lambda_=lambda_, seed=seed, **inmf_options)
+    order = np.concatenate(idx)
+    aligned = quantile_norm(model, ref_dataset=ref, quantiles=quantiles, min_cells=min_cells, max_sample=max_sample)
+    emb, raw = np.empty_like(aligned), np.empty_like(aligned)
+    emb[order], raw[order] = aligned, model.embedding(aligned=False)
+    adata.obsm["X_" + key_added] = emb
+    adata.obsm["X_" + key_added + "_raw"] = raw
+    adata.varm[key_added + "_W"] = np.asarray(model.w)
+    for level, v in zip(levels, np.asarray(model.v), strict=True):
+        adata.varm[f"{key_added}_V_{level}"] = v
+    params = {"k": int(k), "batch_key": batch_key, "layer": layer, "lambda_": float(lambda_),
+              "ref_dataset": ref_dataset, "quantiles": quantiles, "min_cells": min_cells, "max_sample": max_sample,
+              "seed": seed if isinstance(seed, numbers.Integral) else f"<{type(seed).__name__}>",
+              **_plain(inmf_options)}
+    adata.uns[key_added] = {
+        "batches": [str(level) for level in levels],
+        "iter": int(model.iter),
+        "loss": float(model.loss),
+        "loss_history": np.asarray(model.loss_history),
+        "converged": bool(model.converged),
+        "params": {name: value for name, value in params.items() if value is not None},
+    }
+    return adata if copy else None
