@@ -74,7 +74,7 @@ def run_pyliger(python: str, As, W, Vs, Hs, k, lam, iters, tmp):
 
 def objective(As, W, Vs, Hs, lam):
     tot = 0.0
-    for A, V, H in zip(As, Vs, Hs):
+    for A, V, H in zip(As, Vs, Hs, strict=True):
         A = A.toarray() if sp.issparse(A) else A
         tot += np.sum((A - (W + V) @ H) ** 2) + lam * np.sum((V @ H) ** 2)
     return tot
@@ -140,7 +140,7 @@ def main() -> None:
         for dtype in ("float32", "float64"):
             for layout in ("dense", "sparse"):
                 times = []
-                for rep in range(3):  # the first run compiles
+                for _rep in range(3):  # the first run compiles
                     t = time.perf_counter()
                     fit = jnmf.inmf(As, k, w_init=W0, v_init=list(V0), h_init=Hs0, lambda_=5.0, maxit=iters,
                                     tol=0.0, layout=layout, dtype=dtype)

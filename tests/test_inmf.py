@@ -3,8 +3,6 @@ recovery of shared factors and batch mixing on simulated batches, quantile align
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
@@ -58,7 +56,7 @@ def matched_corr(W, W_true):
 
 
 def _objective_np(As, W, Vs, Hs, lam):
-    return sum(np.sum((A - (W + V) @ H) ** 2) + lam * np.sum((V @ H) ** 2) for A, V, H in zip(As, Vs, Hs))
+    return sum(np.sum((A - (W + V) @ H) ** 2) + lam * np.sum((V @ H) ** 2) for A, V, H in zip(As, Vs, Hs, strict=True))
 
 
 def _nnls_rows(F, Y):
@@ -112,10 +110,12 @@ def _numpy_inmf(As, W, Vs, Hs, lam, iters):
     s = np.sqrt(lam)
     out = []
     for _ in range(iters):
-        Hs = [_nnls_rows(np.vstack([W + V, s * V]), np.vstack([A, np.zeros_like(A)])) for A, V in zip(As, Vs)]
+        Hs = [_nnls_rows(np.vstack([W + V, s * V]), np.vstack([A, np.zeros_like(A)]))
+              for A, V in zip(As, Vs, strict=True)]
         Vs = [_nnls_rows(np.vstack([H.T, s * H.T]), np.vstack([(A - W @ H).T, np.zeros((H.shape[1], A.shape[0]))])).T
-              for A, H in zip(As, Hs)]
-        W = _nnls_rows(np.vstack([H.T for H in Hs]), np.vstack([(A - V @ H).T for A, V, H in zip(As, Vs, Hs)])).T
+              for A, H in zip(As, Hs, strict=True)]
+        W = _nnls_rows(np.vstack([H.T for H in Hs]),
+                       np.vstack([(A - V @ H).T for A, V, H in zip(As, Vs, Hs, strict=True)])).T
         out.append(_objective_np(As, W, Vs, Hs, lam))
     return np.array(out)
 
