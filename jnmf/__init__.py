@@ -3,8 +3,13 @@
 from . import datasets, graph, tl
 from ._assess import AssessResult, assess
 from ._chunked import nmf_chunked
-from ._data import DenseData, HostSparseData, SparseData
-from ._features import (
+from ._data import DataLayout, DenseData, HostSparseData, ShardedSparseData, SparseData, estimate_memory
+from ._guided import GuidedFit, guided_nmf
+from ._inmf import INMFModel, inmf, quantile_norm
+from ._io import load, save
+from ._model import NMFModel, evaluate
+from ._nnls import cholesky_clip, nnls_cd, nnls_step
+from ._penalties import (
     apply_l1_l2,
     between_groups,
     gram,
@@ -16,11 +21,6 @@ from ._features import (
     target_augment,
     target_gram,
 )
-from ._inmf import INMFModel, inmf, quantile_norm
-from ._io import load, save
-from ._memory import estimate_memory
-from ._model import NMFModel, evaluate
-from ._nnls import cholesky_clip, nnls_cd, nnls_step
 from ._project import project
 from ._rrng import RRandom, r_runif, r_runif_matrix
 from ._sklearn import NMF, GuidedNMF
@@ -48,7 +48,9 @@ __all__ = [
     "AssessResult",
     "assess",
     "Config",
+    "DataLayout",
     "DenseData",
+    "ShardedSparseData",
     "Hyper",
     "NMFModel",
     "Problem",
@@ -106,7 +108,9 @@ __all__ = [
     "factor_shared",
     "fit",
     "nmf_layer",
+    "GuidedFit",
     "GuidedNMF",
+    "guided_nmf",
     "NMF",
     "load",
     "project",

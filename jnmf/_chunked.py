@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -49,20 +50,13 @@ import scipy.sparse as sp
 from jax import lax
 
 from . import _validate as V
-from ._data import DenseData, HostSparseData, SparseData, holds_host_data, prepare_data, split_mask, squared_norm
-from ._features import GRAM_JITTER, removal_project_rhs, scale_rows, target_gram
+from ._data import DenseData, HostSparseData, SparseData, holds_host_data, prepare_data
+from ._input import split_mask, squared_norm
 from ._model import NMFModel
-from ._solve import (
-    _check_finite,
-    _solve_raw,
-    _update,
-    advance,
-    finish_model,
-    gram_identity_sse,
-    init_state,
-    prepare,
-    running,
-)
+from ._options import FitOptions, signature_of, target_grams
+from ._penalties import GRAM_JITTER, removal_project_rhs, scale_rows
+from ._solve import check_finite
+from ._step import advance, finish_model, h_solve, init_state, running, w_half
 
 __all__ = ["nmf_chunked"]
 
@@ -110,13 +104,14 @@ def _read(chunk: Any, mask: Any, i: int, itemsize: int) -> tuple[Any, np.ndarray
 
 
 @functools.partial(jax.jit, static_argnames=("config", "has_target"))
-def _h_chunk(W, H_prev, data, rhs, warm, hyper, T, G_T, config, has_target):
-    """Raw H block (k, n_c) of one chunk (before the global scaling), its ``H_c A_c'`` (k, m) and, for masked
-    data, its per-row Gram sums ``sum_j o_ij h_j h_j'`` as (k*k, m). ``rhs``: ``W A_c`` already modified for the
-    target (two-read removal), or None to form ``W A_c`` here."""
-    Gs = data.left_grams(W) if config.masked else None
-    X, _, _ = _solve_raw(W, H_prev, data.left(W) if rhs is None else rhs, 1, warm, config, hyper, T, G_T,
-                         has_target, Gs)
+def _h_chunk(W, H_prev, E0, data, rhs, warm, hyper, T, G_T, config, has_target):
+    """Raw H block (k, n_c) of one chunk (before the global scaling; ``h_solve`` on the chunk's columns), its
+    ``H_c A_c'`` (k, m) and, for masked data, its per-row Gram sums ``sum_j o_ij h_j h_j'`` as (k*k, m). ``rhs``:
+    ``W A_c`` already modified for the target (two-read removal), or None to form ``W A_c`` here."""
+    if not has_target:
+        config = dataclasses.replace(config, target_H=False)
+    X = h_solve(config, hyper, W, data.left(W) if rhs is None else rhs,
+                data.left_grams(W) if config.masked else None, H_prev, E0, warm, G_T, T=T)
     S = None
     if config.masked:
         # As _masked_grams, but without its jitter: that is added once, to the sum over chunks (_w_step).
@@ -157,7 +152,7 @@ class _Unscored(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _w_step(state, H_raw, R, S, sq_norm, hyper, G_TW, config):
-    """Scale H, update W from ``H A' = diag(1/d_H) R`` (and, masked, the per-row Grams ``S / (d_a d_b)``).
+    """Scale H, then ``w_half`` from ``H A' = diag(1/d_H) R`` (and, masked, the per-row Grams ``S / (d_a d_b)``).
 
     Unmasked: the loss by the Gram identity and the convergence bookkeeping; returns the next state. Masked:
     returns the new model as ``_Unscored``: its loss, the observed SSE, needs A, and the next read sums it.
@@ -168,42 +163,16 @@ def _w_step(state, H_raw, R, S, sq_norm, hyper, G_TW, config):
         k = config.k
         S = S / (d_H[:, None] * d_H[None, :]).reshape(k * k, 1)
         Gs = jnp.moveaxis(S.reshape(k, k, -1), -1, 0) + GRAM_JITTER * jnp.eye(k, dtype=S.dtype)
-    d, W, G_w, B_w = _update(H, state.W, R / d_H[:, None], 0, state.n_iter > 0, config, hyper,
-                             hyper.target_W, G_TW, config.target_W, Gs)
+    d, W, loss = w_half(config, hyper, state, d_H, H, R / d_H[:, None], Gs, sq_norm, G_TW)
     if config.masked:
         return _Unscored(d[:, None] * W, W, H, d)
-    loss = gram_identity_sse(sq_norm, d, W, G_w, B_w)
     return advance(state, W, H, d, loss, hyper.tol, config.patience)
 
 
 _advance = jax.jit(advance, static_argnames=("patience_limit",))
 
 
-def nmf_chunked(
-    chunks: Sequence[Any],
-    k: int,
-    *,
-    tol: float = 1e-4,
-    maxit: int = 100,
-    seed: Any = None,
-    w_init: Any = None,
-    L1: Any = 0.0,
-    L2: Any = 0.0,
-    nonneg: Any = True,
-    upper_bound: Any = 0.0,
-    solver: str = "auto",
-    norm: str = "L1",
-    sort: bool = True,
-    target_H: Any = None,
-    target_W: Any = None,
-    target_lambda: Any = 0.0,
-    removal: str = "scatter",
-    masks: Sequence[Any] | None = None,
-    cd_maxit: int = 100,
-    cd_tol: float = 1e-8,
-    dtype: Any = None,
-    max_memory_bytes: int | None = None,
-) -> NMFModel:
+def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = None, **options: Any) -> NMFModel:
     """``nmf()`` of ``A = hstack(chunks)`` (m x n), reading one column chunk at a time (module docstring).
 
     Minimises ``sum_{ij observed} (A_ij - (W H)_ij)^2`` (+ the penalties and targets of ``nmf``) over W (m, k) and
@@ -246,8 +215,12 @@ def nmf_chunked(
     elif len(masks) != len(chunks):
         raise ValueError(f"masks has {len(masks)} entries but chunks has {len(chunks)}; give one per chunk "
                          "(None for a chunk without masked entries)")
-    if max_memory_bytes is not None:
-        max_memory_bytes = V.check_int(max_memory_bytes, "max_memory_bytes", 1)
+    for name in ("layout", "loop", "mask", "devices"):
+        if name in options:
+            raise TypeError(f"nmf_chunked() does not take {name!r}: chunks take the layout the memory budget allows, "
+                            "the driver is a host loop, missing data are given per chunk as masks=, and chunked "
+                            "fits run on one device")
+    opts = FitOptions.of("nmf_chunked", options)
 
     # Shapes first (a .npz file's shape is read without its values), so every argument is checked before the
     # data are read.
@@ -261,17 +234,15 @@ def nmf_chunked(
             raise ValueError(f"masks[{i}] must have the shape of chunks[{i}], {shapes[i]}, got {shape}")
     widths = [s[1] for s in shapes]
     n = sum(widths)
-    # Validation, initial W, Config and Hyper (targets included) exactly as nmf() builds them: prepare() on an
-    # empty stand-in of A's shape (its data are never used).
-    problem = prepare(sp.csc_matrix((m, n)), k, tol=tol, maxit=maxit, seed=seed, w_init=w_init, L1=L1, L2=L2,
-                      nonneg=nonneg, upper_bound=upper_bound, solver=solver, norm=norm, sort=sort,
-                      target_H=target_H, target_W=target_W, target_lambda=target_lambda, removal=removal,
-                      cd_maxit=cd_maxit, cd_tol=cd_tol, layout="sparse", dtype=dtype)
-    if problem.config.removal == "scatter" and problem.config.target_H and float(problem.hyper.target_lambda[1]) < 0:
-        raise ValueError("nmf_chunked: removal='scatter' with a negative target_lambda is not supported for chunked "
-                         "fits yet (its majorize-minimize target couples every column of H); use nmf(), or "
-                         "removal='project' / 'proj_adv' here")
-    dt = problem.w_init.dtype
+    # Validation, initial W, Config and Hyper (targets included) exactly as nmf() builds them, from A's shape.
+    plan = opts.resolve(m, n, k)
+    config, hyper = plan.config, plan.hyper
+    if config.remove or (config.removal == "scatter" and config.target_H and float(hyper.target_lambda[1]) < 0):
+        raise ValueError("nmf_chunked: the scatter removal (remove=, or removal='scatter' with a negative "
+                         "target_lambda) is not supported for chunked fits yet (its majorize-minimize target couples "
+                         "every column of H); use nmf(), or removal='project' / 'proj_adv' here")
+    max_memory_bytes = plan.max_memory_bytes
+    dt = plan.dtype
     itemsize = np.dtype(dt).itemsize
 
     # One read: values, NaN and masks, and |A|^2 (exact float64 sum, as squared_norm in prepare).
@@ -280,10 +251,8 @@ def nmf_chunked(
         A_c, M_c = _read(chunk, masks[i], i, itemsize)
         masked = masked or M_c is not None
         sq_norm += squared_norm(A_c)
-    config, hyper = problem.config, problem.hyper
     if masked:
         config = dataclasses.replace(config, masked=True)
-        problem = problem.replace(config=config)
     # maxit only sizes the loss history (init_state) and stops the host loop; without it in the kernels' static
     # config, fits that differ only in maxit reuse the compiled per-chunk programs.
     kconfig = dataclasses.replace(config, maxit=1)
@@ -293,14 +262,14 @@ def nmf_chunked(
         if config.masked:  # as nmf(mask=...): every column of a masked fit solves with its own Gram matrix
             return prepare_data(A_c, dt, mask=np.zeros(A_c.shape, bool) if M_c is None else M_c)
         # bucket: power-of-two piece width and block count, so that chunks of similar size share compiled kernels
-        return prepare_data(A_c, dt, "auto", k=config.k, max_memory_bytes=max_memory_bytes, bucket=True)
+        return prepare_data(A_c, dt, "auto", k=config.k, max_memory_bytes=max_memory_bytes, bucket=True,
+                            sparse_kernel=plan.sparse_kernel)
 
     starts = np.concatenate([[0], np.cumsum(widths)]).astype(int)
     cols = [slice(int(lo), int(hi)) for lo, hi in zip(starts[:-1], starts[1:], strict=True)]
     TH = None if hyper.target_H is None else np.asarray(hyper.target_H)
     T_blocks = [None if TH is None else jnp.asarray(TH[:, c]) for c in cols]
-    G_TH = None if TH is None else target_gram(hyper.target_H)  # of the whole T, as _solve_jit
-    G_TW = None if hyper.target_W is None else target_gram(hyper.target_W)
+    G_TH, G_TW = target_grams(config, hyper)  # of the whole targets, as in nmf()
     # removal="project" mixes all columns of W A; it is decided here, where lambda is concrete, not under jit.
     two_reads = config.target_H and config.removal == "project" and float(hyper.target_lambda[1]) < 0
     # The second read solves from the projected B, which has H's L1 subtracted already (and "project" leaves G as
@@ -308,7 +277,7 @@ def nmf_chunked(
     hyper_projected = dataclasses.replace(hyper, L1=hyper.L1.at[1].set(0))
     sq = jnp.asarray(sq_norm, dt)
 
-    def read(W, H_prev, warm, rhs=None, sse_of=None, solve=True, rhs_only=False):
+    def read(W, H_prev, E0, warm, rhs=None, sse_of=None, solve=True, rhs_only=False):
         """One read of every chunk: the H update's raw blocks, ``R`` and (masked) ``S`` from W; with
         ``rhs_only`` only the blocks of ``W A``; with ``sse_of = (diag(d) W, H)`` also that model's observed SSE."""
         blocks, R, S, sse = [], jnp.zeros((config.k, m), dt), None, jnp.zeros((), dt)
@@ -327,11 +296,11 @@ def nmf_chunked(
                 blocks.append(_left(W, data))
             elif solve:
                 if rhs is None:
-                    X, R_c, S_c = _h_chunk(W, H_prev[:, c], data, None, warm, hyper, T_blocks[i], G_TH, kconfig,
-                                           config.target_H)
+                    X, R_c, S_c = _h_chunk(W, H_prev[:, c], E0[:, c], data, None, warm, hyper, T_blocks[i], G_TH,
+                                           kconfig, config.target_H)
                 else:
-                    X, R_c, S_c = _h_chunk(W, H_prev[:, c], data, rhs[i], warm, hyper_projected, None, None,
-                                           kconfig, False)
+                    X, R_c, S_c = _h_chunk(W, H_prev[:, c], E0[:, c], data, rhs[i], warm, hyper_projected, None,
+                                           None, kconfig, False)
                 blocks.append(X)
                 R = R + R_c
                 if config.masked:
@@ -341,22 +310,23 @@ def nmf_chunked(
         jax.block_until_ready(held)
         return blocks, R, S, sse
 
-    state = init_state(problem)
+    state = init_state(config, plan.w0, n)
     # Masked fits: the last W update's model, whose loss (and so convergence) the next read sums.
     pending = None
     while True:
         if pending is None:
-            W, H_prev, warm = state.W, state.H, state.n_iter > 0
+            W, H_prev, d, warm = state.W, state.H, state.d, state.n_iter > 0
         else:
-            W, H_prev, warm = pending.W, pending.H, jnp.asarray(True)
+            W, H_prev, d, warm = pending.W, pending.H, pending.d, jnp.asarray(True)
+        E0 = d[:, None] * H_prev
         sse_of = None if pending is None else (pending.dW, pending.H)
         # After the maxit-th W update only its loss is needed: the last read solves nothing.
         solve = pending is None or int(state.n_iter) + 1 < config.maxit
         rhs = None
         if two_reads and solve:
-            rhs, _, _, sse = read(W, H_prev, warm, sse_of=sse_of, rhs_only=True)
+            rhs, _, _, sse = read(W, H_prev, E0, warm, sse_of=sse_of, rhs_only=True)
         else:
-            blocks, R, S, sse = read(W, H_prev, warm, sse_of=sse_of, solve=solve)
+            blocks, R, S, sse = read(W, H_prev, E0, warm, sse_of=sse_of, solve=solve)
         if pending is not None:
             state = _advance(state, pending.W, pending.H, pending.d, sse, hyper.tol,
                              patience_limit=config.patience)
@@ -365,7 +335,7 @@ def nmf_chunked(
                 break
         if rhs is not None:
             rhs = _project_rhs(rhs, hyper, G_TH, tuple(int(s) for s in starts[1:-1]))
-            blocks, R, S, _ = read(W, H_prev, warm, rhs=rhs)
+            blocks, R, S, _ = read(W, H_prev, E0, warm, rhs=rhs)
         out = _w_step(state, jnp.concatenate(blocks, axis=1), R, S, sq, hyper, G_TW, kconfig)
         if config.masked:
             pending = out
@@ -373,6 +343,13 @@ def nmf_chunked(
             state = out
             if not bool(running(state, config.maxit)):
                 break
-    model = finish_model(problem, state)
-    _check_finite(model)
+    model = finish_model(config, state, plan.w0)
+    check_finite(model)
     return model
+
+
+nmf_chunked.__signature__ = signature_of(nmf_chunked, (
+    inspect.Parameter("chunks", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    inspect.Parameter("k", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    inspect.Parameter("masks", inspect.Parameter.KEYWORD_ONLY, default=None)), exclude=("layout", "loop", "mask",
+                                                                                        "devices"))

@@ -36,11 +36,13 @@ import scipy.sparse as sp
 from jax import lax
 
 from . import _validate as V
-from ._data import _DENSE_BYTES_LIMIT, _DENSE_DENSITY, _DENSE_ENTRIES, split_mask, squared_norm
-from ._features import GRAM_JITTER
+from ._data.placement import _DENSE_DENSITY, _DENSE_ENTRIES
+from ._input import _DENSE_BYTES_LIMIT, split_mask, squared_norm
 from ._nnls import nnls_cd, nnls_step
+from ._options import LOOPS
+from ._options import default_dtype as _default_dtype
+from ._penalties import GRAM_JITTER
 from ._rrng import r_runif
-from ._solve import LOOPS, _default_dtype
 
 _HIGHEST = lax.Precision.HIGHEST
 LAYOUTS = ("auto", "dense", "sparse")

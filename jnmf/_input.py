@@ -164,3 +164,71 @@ def _is_sorted(major: np.ndarray, minor: np.ndarray) -> bool:
         return True
     dm = np.diff(major)
     return bool(np.all((dm > 0) | ((dm == 0) & (np.diff(minor) >= 0))))
+
+
+# Masked fits use the dense layout; above this size a masked A is refused rather than densified.
+_DENSE_BYTES_LIMIT = 4 * 2**30
+
+
+def split_mask(A: Any, mask: Any, itemsize: int, layout: str = "auto",
+               mask_name: str = "mask", name: str = "A") -> tuple[Any, np.ndarray | None]:
+    """Fold NaN entries of A into ``mask`` (True = ignore) and zero the masked entries of A.
+
+    Returns ``(A, None)`` unchanged when nothing is masked (no mask, or an all-False one, and no NaN). Otherwise
+    returns a dense A with 0 at masked entries (whatever they held: NaN, inf, negative) and the dense boolean
+    mask. ``mask`` may be a boolean (or 0/1) array or scipy.sparse matrix of A's shape (errors call it
+    ``mask_name``). Masked fits use the dense
+    layout: sparse A is densified if it fits in the dense memory limit (4 GiB), else this raises.
+    """
+    if isinstance(A, (str, bytes)) or A is None:
+        return A, None  # check_data names the type error
+    if sp.issparse(A):
+        # One canonical copy (duplicates summed, indices sorted, explicit zeros and DIA padding dropped, any format):
+        # the caller's matrix is never modified, and every later step sees the same matrix whatever its storage.
+        A = canonical_sparse(A, {4: np.float32, 8: np.float64}[itemsize], name, check=False)
+    values = np.asarray(A.data) if sp.issparse(A) else np.asarray(A)
+    shape = tuple(A.shape) if sp.issparse(A) else values.shape
+    if len(shape) != 2:
+        if mask is None:
+            return A, None  # check_data names the shape error
+        raise ValueError(f"A must be a 2-D matrix (features x samples), got shape {shape}")
+    if mask is None:
+        if not (np.issubdtype(values.dtype, np.floating) and np.isnan(values).any()):
+            return A, None
+        M = None
+    else:
+        M = _check_mask(mask, shape, mask_name)
+    if layout == "sparse":
+        raise ValueError("masked fits (a mask, or NaN entries in A) use the dense layout; got layout='sparse'")
+    m, n = shape
+    if m * n * itemsize > _DENSE_BYTES_LIMIT:
+        raise ValueError(f"masked fits (a mask, or NaN entries in A) use the dense layout, but A ({m} x {n}) needs "
+                         f"{m * n * itemsize / 2**30:.1f} GiB, above the {_DENSE_BYTES_LIMIT / 2**30:.0f} GiB limit")
+    dense = A.toarray() if sp.issparse(A) else np.asarray(A)
+    if np.issubdtype(dense.dtype, np.floating):
+        nan = np.isnan(dense)
+        M = nan if M is None else (M | nan)
+    if not M.any():
+        return A, None
+    return np.where(M, np.zeros((), dense.dtype), dense), M
+
+
+def _check_mask(mask: Any, shape: tuple[int, int], name: str = "mask") -> np.ndarray:
+    M = mask.toarray() if sp.issparse(mask) else np.asarray(mask)
+    if M.shape != shape:
+        raise ValueError(f"{name} must have the shape of A, {shape}, got {M.shape}")
+    if M.dtype != bool:
+        if not (np.issubdtype(M.dtype, np.integer) or np.issubdtype(M.dtype, np.floating)) or not np.all(
+                (M == 0) | (M == 1)):
+            raise ValueError(f"{name} must be boolean (True = ignore the entry) or 0/1, got dtype {M.dtype}")
+        M = M.astype(bool)
+    return M
+
+
+def squared_norm(A: Any) -> float:
+    """``|A|_F^2`` in float64 on the host: exact and deterministic (RcppML's float32 running sum is biased)."""
+    if sp.issparse(A):
+        v = np.asarray(A.data, np.float64)
+    else:
+        v = np.asarray(A, np.float64)
+    return float(np.dot(v.ravel(), v.ravel()))

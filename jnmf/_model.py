@@ -90,8 +90,7 @@ def evaluate(model: NMFModel, A: Any, mask: Any = None) -> float:
         mask or NaN: the mean over the observed entries only (the error the masked fit minimises, divided by
         their count; NaN if none is observed), computed densely, as the masked fit itself is.
     """
-    from ._data import _check_mask
-    from ._input import canonical_sparse
+    from ._input import _check_mask, canonical_sparse
 
     W = np.asarray(model.w, np.float64) * np.asarray(model.d, np.float64)
     H = np.asarray(model.h, np.float64)

@@ -18,11 +18,12 @@ import numpy as np
 from jax import lax
 
 from . import _validate as V
-from ._data import prepare_data, split_mask
-from ._features import apply_l1_l2, apply_target, gram, target_gram
+from ._data import prepare_data
+from ._input import split_mask
 from ._model import NMFModel
 from ._nnls import cholesky_clip, nnls_step
-from ._solve import REMOVALS, SOLVERS
+from ._options import REMOVALS, SOLVERS, resolve_solver
+from ._penalties import apply_l1_l2, apply_target, gram, target_gram
 
 
 def project(
@@ -88,10 +89,7 @@ def project(
         T = jnp.asarray(V.check_matrix(target_H, "target_H", (k, n)), dtype)
     elif lam != 0:
         raise ValueError(f"target_lambda is {lam} but target_H is None; give a target or leave target_lambda at 0")
-    if solver == "auto":
-        solver = "cholesky" if k < 32 and L1 == 0 else "cd"
-    if solver == "cholesky" and L1 != 0:
-        raise ValueError("solver='cholesky' does not support L1 (it needs an exact NNLS); use solver='cd'")
+    solver = resolve_solver(solver, k, L1, scatter=T is not None and removal == "scatter" and lam < 0)
     data = prepare_data(A_new, dtype, mask=M)
     hyper = tuple(jnp.asarray(x, dtype) for x in (L1, L2, lam, cd_tol))
     return _project_jit(jnp.asarray(model.w, dtype), jnp.asarray(model.d, dtype), data, T, *hyper,

@@ -14,12 +14,10 @@ The fitted ``NMFModel`` is kept as ``model_``.
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 import warnings
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
@@ -28,10 +26,11 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
+from ._guided import check_labels, guided_nmf
 from ._model import NMFModel
 from ._project import project
-from ._solve import _check_finite, nmf, prepare, solve
-from ._targets import compute_target, label_codes
+from ._solve import nmf
+from ._targets import label_codes
 
 _SOLVERS = StrOptions({"auto", "cholesky", "cd"})
 
@@ -159,9 +158,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def _project_raw(self, model: NMFModel, A: Any, **guidance: Any) -> np.ndarray:
         """The raw NNLS solution ``diag(d) project(model, A)`` (k, n) with the estimator's solver and penalties."""
-        k = model.k
-        solver = self.solver if self.solver != "auto" else ("cholesky" if k < 32 and self.L1 == 0 else "cd")
-        h = project(model, A, L1=self.L1, L2=self.L2, solver=solver, **guidance)
+        h = project(model, A, L1=self.L1, L2=self.L2, solver=self.solver, **guidance)
         return np.asarray(model.d)[:, None] * np.asarray(h)
 
     def _project(self, X: Any) -> np.ndarray:
@@ -213,14 +210,6 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         tags.input_tags.allow_nan = True  # NaN = missing entry, masked in the fit and in transform
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
-
-
-def _sort_by_d(model: NMFModel) -> tuple[NMFModel, np.ndarray]:
-    """Sort components by d descending (stable), exactly as ``nmf(sort=True)`` does; returns the model and order."""
-    d = np.asarray(model.d)
-    order = np.argsort(-d, kind="stable")
-    w, h = np.asarray(model.w)[:, order], np.asarray(model.h)[order]
-    return model.replace(w=jnp.asarray(w), d=jnp.asarray(d[order]), h=jnp.asarray(h)), order
 
 
 def _frobenius_error(X: Any, W: np.ndarray, H: np.ndarray) -> float:
@@ -323,23 +312,14 @@ class GuidedNMF(NMF):
         if y.ndim != 1:
             raise ValueError(f"y should be a 1d array of labels, got shape {y.shape}")
         check_consistent_length(A.T, y)
-        codes, levels = label_codes(y, A.shape[1], name="y")
+        codes, levels = check_labels(y, A.shape[1], name="y")
         if self.guidance == "remove" and self.removal == "scatter" and self.solver == "cholesky":
             raise ValueError("solver='cholesky' is not an exact NNLS, so removal='scatter' would not descend its "
                              "objective; use solver='cd'")
-        # One compiled program for both fits: with target_lambda = 0 the target is inert and the fit equals the
-        # unguided one exactly (tests/test_guided_nmf.py), so the base fit runs the guided program at lambda 0.
-        # It runs unsorted and the models are sorted here, as nmf sorts them, so that the permutation is known:
-        # T's rows follow the guided fit's internal component order, which sorting by d changes.
-        problem = prepare(A, k, seed=self._seed(), target_H=np.zeros((k, A.shape[1])), removal=self.removal,
-                          sort=False, **self._nmf_kwargs())
-        base, _ = _sort_by_d(solve(problem, target_lambda=0.0))
-        _check_finite(base)
-        T = compute_target(base.h, y, whiten=self.whiten)
-        hyper = dataclasses.replace(problem.hyper, target_H=jnp.asarray(T, problem.hyper.target_lambda.dtype))
-        model, order = _sort_by_d(solve(problem.replace(hyper=hyper), target_lambda=self._signed_lambda))
-        _check_finite(model)
-        T = np.asarray(T)[order]
+        fit = guided_nmf(A, k, y, target_lambda=self.target_lambda, guidance=self.guidance, removal=self.removal,
+                         whiten=self.whiten, seed=self._seed(), **self._nmf_kwargs())
+        base, model = fit.base, fit.model
+        T = fit.target[fit.order]  # rows in the order of the model's (sorted) components
         # The fit's embedding is diag(d) h = diag(d / d_H) H_raw, with H_raw the guided H update's solution and d_H
         # its row sums: the target shrinks H_raw and the W update restores the scale. transform(X, y) applies the
         # same factor to the guided projection of new samples, so that it reproduces fit_transform on X.

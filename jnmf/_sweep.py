@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -44,10 +43,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import _validate as V
-from ._features import target_gram
+from ._data import memory_budget
 from ._model import NMFModel
-from ._rrng import r_runif_matrix
-from ._solve import Problem, finish_model, init_state, prepare, running, step
+from ._options import FitOptions, check_seed, initial_w, target_grams
+from ._solve import Problem, build_problem, prepare
+from ._step import finish_model, init_state, running, step
 from ._targets import label_codes
 
 __all__ = ["SweepChunkWarning", "SweepResult", "class_separation", "prepare_differentiable", "sweep"]
@@ -137,7 +137,11 @@ class SweepResult:
 
 def _grid_values(value: Any, name: str, **bounds: Any) -> tuple[np.ndarray, bool]:
     """A scalar (fixed), a 1-D grid of scalars, or an (n, 2) grid of (W, H) pairs -> ((n, 2) float64, is_axis)."""
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged nesting
+        raise ValueError(f"{name} must be a scalar, a 1-D grid or an (n, 2) grid of (W, H) pairs; got a ragged "
+                         f"sequence {value!r}") from None
     if arr.dtype.kind not in "iuf":  # bools and objects are refused, as nmf refuses them
         raise TypeError(f"{name} must be real numbers, got {value!r}")
     if arr.ndim == 0:
@@ -152,52 +156,15 @@ def _grid_values(value: Any, name: str, **bounds: Any) -> tuple[np.ndarray, bool
     raise ValueError(f"{name} must be a scalar, a 1-D grid or an (n, 2) grid of (W, H) pairs, got shape {arr.shape}")
 
 
-def _is_key_array(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _seed_specs(seeds: Any) -> tuple[str, Any, bool]:
-    """Classify ``seeds`` -> (kind, value, is_axis) with kind one of none/int/key/rawkey/matrix."""
-    if seeds is None:
-        return "none", None, False
-    if isinstance(seeds, (bool, np.bool_)):
-        raise TypeError("seeds must be integers, jax.random keys or initial W matrices, got a bool")
-    if _is_key_array(seeds):
-        if seeds.ndim > 1:
-            raise ValueError(f"seeds: a key array must be 0-D or 1-D, got shape {seeds.shape}")
-        return "key", seeds, seeds.ndim == 1
-    arr = np.asarray(seeds)
-    if arr.dtype == bool:
-        raise TypeError("seeds must be integers, jax.random keys or initial W matrices, got booleans")
-    if arr.dtype.kind in "iu":
-        if arr.dtype == np.uint32 and arr.ndim in (1, 2) and arr.shape[-1] == 2:
-            return "rawkey", arr, arr.ndim == 2  # legacy jax.random.PRNGKey data, as nmf(seed=...) accepts
-        if arr.ndim > 1:
-            raise ValueError(f"seeds: integer seeds must be a scalar or a 1-D sequence, got shape {arr.shape}")
-        if arr.ndim == 1 and arr.size == 0:
-            raise ValueError("seeds grid is empty")
-        return "int", arr, arr.ndim == 1
-    if arr.dtype.kind == "f" and arr.ndim in (2, 3):
-        return "matrix", arr, arr.ndim == 3
-    raise TypeError(f"seeds must be an int, a 1-D sequence of ints, jax.random key(s), an (m, k) initial W or an "
-                    f"(S, m, k) stack of them; got {type(seeds).__name__} of shape {arr.shape}")
-
-
-def _initial_ws(kind: str, value: Any, is_axis: bool, problem: Problem) -> tuple[jax.Array, Any]:
-    """(S, m, k) initial W stack in the problem's dtype, and the values of the seed axis (or None)."""
-    dtype = problem.w_init.dtype
+def _initial_ws(kind: str, value: Any, problem: Problem) -> tuple[jax.Array, Any]:
+    """(S, m, k) initial W stack in the problem's dtype, and the values of the seed axis (or None when fixed)."""
     m, k = problem.w_init.shape
+    is_axis = {"int": np.ndim(value) == 1, "key": np.ndim(value) == 1, "rawkey": np.ndim(value) == 2,
+               "matrix": np.ndim(value) == 3}.get(kind, False)
     if not is_axis:
         return problem.w_init[None], None
-    if kind == "int":
-        stack = np.stack([r_runif_matrix(int(s), m, k) for s in value])
-        return jnp.asarray(stack, dtype), value.astype(np.int64)
-    if kind == "key":
-        return jax.vmap(lambda key: jax.random.uniform(key, (m, k), dtype))(value), value
-    if kind == "rawkey":
-        return jax.vmap(lambda key: jax.random.uniform(key, (m, k), dtype))(jnp.asarray(value)), value
-    stack = np.stack([V.check_matrix(w, f"seeds[{i}] (initial W)", (m, k), nonneg=True) for i, w in enumerate(value)])
-    return jnp.asarray(stack, dtype), np.arange(len(value))
+    stack = initial_w(kind, value, m, k, problem.w_init.dtype)
+    return stack, (np.arange(len(value)) if kind == "matrix" else value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,26 +182,26 @@ def _device_queue(problem, lam, l1, l2, widx, n_valid, w0s, *, lanes: int):
     M = lam.shape[0]
     n_valid = n_valid.reshape(())
     config, hyper = problem.config, problem.hyper
-    G_TH = target_gram(hyper.target_H) if config.target_H else None
-    G_TW = target_gram(hyper.target_W) if config.target_W else None
+    G_TH, G_TW = target_grams(config, hyper)
+    n = problem.data.shape[1]
 
     def member_step(i, state):
         h = dataclasses.replace(hyper, target_lambda=lam[i], L1=l1[i], L2=l2[i])
         return step(problem.replace(hyper=h), state, G_TH, G_TW)
 
     def fresh(members):
-        return jax.vmap(lambda i: init_state(problem, w0s[widx[i]]))(jnp.minimum(members, M - 1))
+        return jax.vmap(lambda i: init_state(config, w0s[widx[i]], n))(jnp.minimum(members, M - 1))
 
     lane_ids = jnp.arange(lanes, dtype=jnp.int32)
     member = jnp.where(lane_ids < n_valid, lane_ids, M)  # M marks an empty lane
-    template = jax.eval_shape(lambda: finish_model(problem, init_state(problem, w0s[0]), w0s[0]))
+    template = jax.eval_shape(lambda: finish_model(config, init_state(config, w0s[0], n), w0s[0]))
     out = jax.tree.map(lambda s: jnp.zeros((M,) + s.shape, s.dtype), template)
     carry = (member, fresh(member), jnp.minimum(jnp.int32(lanes), n_valid), out)
 
     def harvest(carry, done):
         member, state, nxt, out = carry
         safe = jnp.minimum(member, M - 1)
-        models = jax.vmap(lambda i, s: finish_model(problem, s, w0s[widx[i]]))(safe, state)
+        models = jax.vmap(lambda i, s: finish_model(config, s, w0s[widx[i]]))(safe, state)
         target = jnp.where(done, member, M)  # out-of-range rows are dropped
         out = jax.tree.map(lambda o, v: o.at[target].set(v, mode="drop"), out, models)
         # Finished lanes take the next pending members in lane order.
@@ -294,25 +261,6 @@ def _footprint(problem: Problem) -> tuple[int, int]:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.3g} MiB"
-
-
-def _default_budget(devices: Sequence[jax.Device]) -> int:
-    """Bytes per device: a fraction of the free device memory, or of the free host memory for CPU devices."""
-    stats = None
-    if devices[0].platform != "cpu":
-        try:
-            stats = devices[0].memory_stats()
-        except Exception:  # some backends do not report memory
-            stats = None
-    if stats and "bytes_limit" in stats:
-        free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-        return int(free * _MEMORY_FRACTION)
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not POSIX: assume 4 GiB free
-        free = 4 * 2**30
-    # Host-platform devices share the host memory.
-    return int(free * _MEMORY_FRACTION / len(devices))
 
 
 def _plan(n_members: int, n_dev: int, lanes: int | None, platform: str, lane_bytes: int, member_bytes: int,
@@ -389,24 +337,13 @@ def sweep(
     lam_pairs, lam_axis = _grid_values(target_lambda, "target_lambda")
     l1_pairs, l1_axis = _grid_values(L1, "L1", low=0.0, high=1.0, high_open=True)
     l2_pairs, l2_axis = _grid_values(L2, "L2", low=0.0)
-    kind, seed_value, seed_axis = _seed_specs(seeds)
+    m = getattr(A, "shape", np.shape(A))[0]
+    kind, seed_value = check_seed(seeds, "seeds", (m, k), axis=True)
+    seed_axis = kind != "none" and np.ndim(seed_value) == {"int": 1, "key": 1, "rawkey": 2, "matrix": 3}[kind]
     first_seed = seed_value[0] if seed_axis else seed_value
-    if kind == "matrix":
-        m = getattr(A, "shape", np.shape(A))[0]
-        if seed_value.shape[-2:] != (m, k):
-            raise ValueError(f"seeds: initial W matrices must be (m, k) = {(m, k)} or a stack (S, m, k), got shape "
-                             f"{seed_value.shape}")
-        init = {"w_init": first_seed}
-    else:
-        init = {"seed": int(first_seed) if kind == "int" else first_seed}
+    init = {"w_init": first_seed} if kind == "matrix" else {"seed": first_seed}
 
-    # prepare validates everything else and resolves the solver; the grid's largest L1 decides "auto".
-    # A negative H lambda with removal="scatter" needs an exact NNLS: the grid's most negative one decides "auto".
-    lam_H = float(lam_pairs[:, 1].min()) if options.get("target_H") is not None else 0.0
-    problem = prepare(A, k, target_lambda=(0.0, min(lam_H, 0.0)), L1=tuple(l1_pairs.max(0)),
-                      L2=tuple(l2_pairs.max(0)), **init, **options)
-    config = problem.config
-    present = (config.target_W, config.target_H)
+    present = (options.get("target_W") is not None, options.get("target_H") is not None)
     if np.ndim(target_lambda) <= 1:  # scalars act on every target given (nmf's rule), so only those sides
         if not any(present) and np.any(lam_pairs != 0):
             raise ValueError("target_lambda has non-zero values but target_H and target_W are None; give a target "
@@ -417,7 +354,10 @@ def sweep(
             if not present[side] and np.any(lam_pairs[:, side] != 0):
                 raise ValueError(f"target_lambda for the {'W' if side == 0 else 'H'} side has non-zero values "
                                  f"but {name} is None")
-    w0s, seed_values = _initial_ws(kind, seed_value, seed_axis, problem)
+    # Everything else is validated as prepare() does, and "auto" picks the solver for the whole grid.
+    problem = build_problem(A, k, FitOptions.of("sweep", {**init, **options}), L1_grid=l1_pairs,
+                            lambda_grid=lam_pairs)
+    w0s, seed_values = _initial_ws(kind, seed_value, problem)
 
     axes: dict[str, Any] = {}
     sizes = []
@@ -447,8 +387,8 @@ def sweep(
     n_dev = len(devices)
     if lanes is not None:
         lanes = V.check_int(lanes, "lanes", 1)
-    budget = _default_budget(devices) if max_memory_bytes is None else V.check_int(max_memory_bytes,
-                                                                                    "max_memory_bytes", 1)
+    budget = memory_budget(devices) if max_memory_bytes is None else V.check_int(max_memory_bytes,
+                                                                                  "max_memory_bytes", 1)
     lane_bytes, member_bytes = _footprint(problem)
     lanes_used, per_dev, n_chunks = _plan(n_members, n_dev, lanes, devices[0].platform, lane_bytes, member_bytes,
                                           budget)

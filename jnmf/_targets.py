@@ -20,9 +20,9 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from ._data import prepare_data
-from ._features import gram, removal_project_rhs, scale_rows, target_gram
 from ._model import NMFModel
 from ._nnls import nnls_cd
+from ._penalties import gram, removal_project_rhs, scale_rows, target_gram
 from ._validate import check_data
 
 _HIGHEST = lax.Precision.HIGHEST

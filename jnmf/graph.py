@@ -55,7 +55,8 @@ import scipy.sparse as sp
 
 from . import _validate as V
 from ._model import NMFModel
-from ._solve import LOOPS, NORMS, REMOVALS, SOLVERS, nmf
+from ._options import LOOPS, NORMS, REMOVALS, SOLVERS, check_seed
+from ._solve import nmf
 
 __all__ = [
     "Add",
@@ -227,17 +228,8 @@ class GraphConfig:
 
 def _check_seed(seed: Any, where: str, initial_w_shape: tuple[int, int] | None = None) -> Any:
     """None, an int, a jax.random key, or (per layer only) an initial W matrix of ``initial_w_shape``."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool | np.bool_):
-        raise TypeError(f"{where}: seed must be an integer or a jax.random key, got a bool")
-    if isinstance(seed, int | np.integer):
-        return int(seed)
-    if isinstance(seed, jax.Array) and jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key) and seed.ndim == 0:
-        return seed
-    if initial_w_shape is None:
-        raise TypeError(f"{where}: seed must be None, an integer or a jax.random key, got {type(seed).__name__}")
-    return V.check_matrix(np.asarray(seed), f"{where} seed (initial W)", initial_w_shape, nonneg=True)
+    kind, value = check_seed(seed, f"{where} seed", initial_w_shape)
+    return None if kind == "none" else value
 
 
 def factor_config(maxit: int = 100, tol: float = 1e-4, seed: Any = None, *, solver: str = "auto", norm: str = "L1",

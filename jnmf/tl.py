@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from . import _validate as V
-from ._solve import REMOVALS
+from ._guided import check_labels, guided_nmf
+from ._options import REMOVALS, fresh_seed
 from ._solve import nmf as _nmf
-from ._targets import compute_target
 
 __all__ = ["inmf", "nmf"]
 
@@ -100,22 +100,22 @@ def nmf(
     # The column a compute_target is made of: the labels, or the batch for the project/proj_adv removal.
     labels = columns.get("labels_key", None if scatter else columns.get("batch_key"))
     key = labels_key if labels_key is not None else batch_key
+    if labels is not None:  # before any fit: labels that cannot guide are refused
+        check_labels(labels, X.shape[0], name=f"adata.obs[{key!r}]")
 
     seed = nmf_options.pop("seed", None)
     if seed is None:  # one seed for both fits of the guided recipe, and recorded
-        seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+        seed = fresh_seed()
     A = X.T  # genes x cells; a scipy CSR X becomes CSC without a copy
     if nmf_options.get("mask") is not None:  # given like X (cells x genes); nmf wants A's orientation
         mask = nmf_options["mask"]
         nmf_options["mask"] = mask.T if hasattr(mask, "T") else np.asarray(mask).T
     remove = {"remove": columns["batch_key"], "remove_lambda": batch_lam} if scatter else {}
-    if labels is None:
-        model = _nmf(A, k, seed=seed, **remove, **nmf_options)
+    if labels is None and not scatter:
+        model = _nmf(A, k, seed=seed, **nmf_options)
     else:
-        base = _nmf(A, k, seed=seed, **nmf_options)
-        T = compute_target(base.h, labels, whiten=whiten)
-        signed = lam if labels_key is not None else -lam
-        model = _nmf(A, k, seed=seed, target_H=T, target_lambda=signed, removal=removal, **remove, **nmf_options)
+        model = guided_nmf(A, k, labels, target_lambda=lam, guidance="enrich" if labels_key is not None else "remove",
+                           removal=removal, whiten=whiten, seed=seed, **remove, **nmf_options).model
 
     adata.obsm["X_" + key_added] = np.asarray(model.embedding())
     adata.varm[key_added + "_W"] = np.asarray(model.w)

@@ -45,10 +45,16 @@ def test_labels_key_enriches_and_batch_key_removes(birds):
     np.testing.assert_array_equal(out.obsm["X_guided"], np.asarray(guided.embedding()))
     assert out.uns["guided"]["params"]["labels_key"] == "island"
 
-    jnmf.tl.nmf(out, 8, seed=42, batch_key="island", target_lambda=0.5, key_added="removed")
+    jnmf.tl.nmf(out, 8, seed=42, batch_key="island", target_lambda=0.5, key_added="removed", removal="project")
     removed = jnmf.nmf(ds.A, 8, seed=42, target_H=T, target_lambda=-0.5, removal="project")
     np.testing.assert_array_equal(out.obsm["X_removed"], np.asarray(removed.embedding()))
     assert out.uns["removed"]["params"]["removal"] == "project"
+
+    # the default removal: the scatter penalty of the batch, one fit, and it combines with labels_key
+    jnmf.tl.nmf(out, 8, seed=42, batch_key="island", batch_lambda=0.3, key_added="scatter", maxit=30)
+    scatter = jnmf.nmf(ds.A, 8, seed=42, remove=ds.obs["island"], remove_lambda=0.3, maxit=30)
+    np.testing.assert_array_equal(out.obsm["X_scatter"], np.asarray(scatter.embedding()))
+    assert out.uns["scatter"]["params"]["batch_lambda"] == 0.3
 
 
 def test_layer_mask_and_errors():
@@ -62,8 +68,8 @@ def test_layer_mask_and_errors():
     jnmf.tl.nmf(adata, 3, layer="counts", seed=1, maxit=10, mask=mask, key_added="masked")
     masked = jnmf.nmf(X.T, 3, seed=1, maxit=10, mask=mask.T)
     np.testing.assert_array_equal(adata.varm["masked_W"], np.asarray(masked.w))
-    with pytest.raises(ValueError, match="not both"):
-        jnmf.tl.nmf(adata, 3, layer="counts", labels_key="g", batch_key="g")
+    with pytest.raises(ValueError, match="need removal='scatter'"):
+        jnmf.tl.nmf(adata, 3, layer="counts", labels_key="g", batch_key="g", removal="project")
     with pytest.raises(KeyError, match="labels_key 'cell_type' is not a column"):
         jnmf.tl.nmf(adata, 3, layer="counts", labels_key="cell_type")
     with pytest.raises(KeyError, match="layer 'raw'"):

@@ -164,7 +164,9 @@ def apply_target(
     elif removal == "project":
         G_neg, B_neg = G, removal_project_rhs(eye, B, T, G_T, lam)[1]
     elif removal == "scatter":
-        G_neg, B_neg = G + jnp.abs(lam) * eye, scatter_target(eye, B, X0, T, jnp.abs(lam))[1]
+        # Callers without the current factor (chunked fits) refuse negative lambdas before any compute.
+        removed = (G + jnp.abs(lam) * eye, scatter_target(eye, B, X0, T, jnp.abs(lam))[1])
+        G_neg, B_neg = (G, B) if X0 is None else removed
     else:
         raise ValueError(f"removal must be 'scatter', 'proj_adv' or 'project', got {removal!r}")
     G_out = jnp.where(lam > 0, G_pos, jnp.where(lam < 0, G_neg, G))

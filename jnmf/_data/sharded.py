@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ._data import EllBlocks, _ell_arrays, _ell_geometry, _ell_width
+from .ell import EllBlocks, _ell_arrays, _ell_geometry, _ell_width
 
 _AXIS = "cols"
 
@@ -47,6 +47,7 @@ class ShardedSparseData:
     mesh: Mesh = dataclasses.field(metadata=dict(static=True))
     shape: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
     n_valid: int = dataclasses.field(metadata=dict(static=True))
+    host_lifetime = False
 
     @property
     def n_local(self) -> int:

@@ -1,0 +1,225 @@
+"""One outer iteration of the alternating NNLS, in two halves (optimistix-style pieces; ``_solve`` owns the loop).
+
+RcppML 1.0.0's order (reference §4): the H half solves for H from the unit-scaled W (the raw initial W at
+iteration 0) and scales it; the W half solves for W' from the unit-scaled H and scales it, its scales are the
+model's d, and the loss follows from its Gram matrix and right-hand side. Each solve is an NNLS on
+``G = F F' + 1e-15 I`` and ``B = F A`` modified by the penalties (``_penalties``: L2, L1, the target, the scatter
+removal), or on one ``G_j`` per column for masked data. The halves take their products as arguments, so the
+in-memory driver, sweep lanes (``vmap``), the chunked host driver (products summed over chunks), projection
+(``h_solve`` with W fixed) and ``refine`` compose the same code.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._model import NMFModel
+from ._nnls import cholesky_clip, nnls_cd, nnls_step
+from ._options import Config, Hyper
+from ._penalties import apply_l1_l2, apply_target, gram, group_scatter, scale_rows, scatter_target
+
+_HIGHEST = lax.Precision.HIGHEST
+
+
+class State(NamedTuple):
+    W: jax.Array  # (k, m): unit-scaled W' (the raw initial W' before the first iteration)
+    H: jax.Array  # (k, n): unit-scaled H
+    d: jax.Array  # (k,)
+    loss: jax.Array
+    rel: jax.Array
+    patience: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    history: jax.Array  # (maxit,)
+
+
+def nnls(G: jax.Array, B: jax.Array, X_prev: jax.Array, warm: jax.Array, nonneg: bool, config: Config,
+         hyper: Hyper) -> jax.Array:
+    """The configured NNLS for all columns of B (k, p): one G (k, k), or one per column (p, k, k) for masked data.
+    CD starts from ``X_prev`` once ``warm`` (after the first iteration), else from 0."""
+    if config.solver == "cholesky":
+        if G.ndim == 2:
+            return cholesky_clip(G, B, nonneg=nonneg)
+        return jax.vmap(lambda G_j, b: cholesky_clip(G_j, b, nonneg=nonneg), out_axes=1)(G, B.T)
+    X0 = jnp.where(warm, X_prev, jnp.zeros_like(X_prev))
+    kw = dict(nonneg=nonneg, cd_maxit=config.cd_maxit, cd_tol=hyper.cd_tol, differentiable=config.loop == "scan")
+    if G.ndim == 2:
+        return nnls_cd(G, B, X0, **kw)
+    return jax.vmap(functools.partial(nnls_step, **kw), in_axes=(0, 1, 1), out_axes=1)(G, B, X0)
+
+
+def penalized_solve(G0: jax.Array, B0: jax.Array, side: int, X_prev: jax.Array, warm: jax.Array, config: Config,
+                    hyper: Hyper, T: jax.Array | None = None, G_T: jax.Array | None = None, X0: jax.Array | None = None,
+                    extra: Any = None) -> jax.Array:
+    """One factor's raw solve: L2/L1, the target (``T``, if given, with ``G_T`` and the current raw factor ``X0``
+    for the removal modes), then ``extra`` (``(G, B) -> (G, B)``, further penalties), the NNLS and the upper bound.
+    ``side``: 0 for W, 1 for H (which entry of the (W, H) hyperparameter pairs)."""
+    G, B = apply_l1_l2(G0, B0, hyper.L1[side], hyper.L2[side])
+    if T is not None:
+        G, B = apply_target(G, B, T, G_T, hyper.target_lambda[side], config.removal, X0)
+    if extra is not None:
+        G, B = extra(G, B)
+    X = nnls(G, B, X_prev, warm, config.nonneg[side], config, hyper)
+    ub = hyper.upper_bound[side]
+    return jnp.where(ub > 0, jnp.minimum(X, ub), X)
+
+
+def scatter_penalties(config: Config, hyper: Hyper) -> list[tuple[jax.Array, jax.Array]]:
+    """The between-group scatter penalties on H as (lambda >= 0, group rows (g, n)) pairs: ``removal="scatter"``
+    with a negative H lambda (groups: target_H's classes) and ``remove=`` (its own groups)."""
+    out = []
+    if config.target_H and config.removal == "scatter":
+        lam = hyper.target_lambda[1]
+        out.append((jnp.where(lam < 0, -lam, jnp.zeros_like(lam)), hyper.target_H))
+    if config.remove:
+        out.append((hyper.remove_lambda, hyper.remove_groups))
+    return out
+
+
+def h_solve(config: Config, hyper: Hyper, W: jax.Array, rhs: jax.Array, grams: jax.Array | None, H_prev: jax.Array,
+            E0: jax.Array, warm: jax.Array, G_TH: jax.Array | None = None, T: jax.Array | None = None,
+            groups: jax.Array | None = None) -> jax.Array:
+    """The raw H (k, p) for the columns of ``rhs = W A`` (k, p) given the unit-scaled W (k, m).
+
+    ``grams`` (p, k, k) for masked data, else None (``W W'``); ``H_prev`` the unit-scaled H and ``E0 = diag(d) h``
+    the current embedding of these columns (the point the scatter penalties are majorized at, and then the warm
+    start); ``T`` the target's columns (default: the whole ``target_H``), ``groups`` the ``remove=`` group rows.
+    """
+    scatter = scatter_penalties(config, hyper)
+    start = H_prev
+    if scatter:
+        # Majorized at the current raw H (the embedding diag(d) h), which is then also the warm start, so that any
+        # descent of the NNLS surrogate descends the objective. Without an active penalty the warm start stays
+        # RcppML's (the unit-scaled H).
+        start = jnp.where(sum(lam for lam, _ in scatter) > 0, E0, H_prev)
+
+    def extra(G, B):
+        return scatter_target(G, B, E0, hyper.remove_groups if groups is None else groups, hyper.remove_lambda)
+
+    if T is None and config.target_H:
+        T = hyper.target_H
+    return penalized_solve(gram(W) if grams is None else grams, rhs, 1, start, warm, config, hyper, T, G_TH, E0,
+                           extra if config.remove else None)
+
+
+def h_half(config: Config, hyper: Hyper, data: Any, state: State, G_TH: jax.Array | None = None
+           ) -> tuple[jax.Array, jax.Array]:
+    """The H half of an iteration on in-memory data: ``h_solve``, then the scaling → (d_H, unit-scaled H)."""
+    X = h_solve(config, hyper, state.W, data.left(state.W), data.left_grams(state.W) if config.masked else None,
+                state.H, state.d[:, None] * state.H, state.n_iter > 0, G_TH)
+    return scale_rows(X, config.norm)
+
+
+def w_half(config: Config, hyper: Hyper, state: State, d_H: jax.Array, H: jax.Array, rhs: jax.Array,
+           grams: jax.Array | None, sq_norm: jax.Array | None, G_TW: jax.Array | None = None
+           ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """The W half: NNLS for the raw W' given the unit-scaled H (k, n) and ``rhs = H A'`` (k, m) (``grams``: the
+    per-row Gram matrices (m, k, k) of masked data), its scaling, and the loss → (d, unit-scaled W', loss).
+
+    The loss is the SSE by the Gram identity (None for masked data, whose observed SSE the caller forms from A),
+    plus ``sum lam R(diag(d) h)`` with scatter penalties. Their scale d, which this update sets, is part of the
+    penalty: ``R = sum_f s_f^2 R_f(h)`` with ``s_f`` W's column sum (``norm="L1"``) or norm (``"L2"``). For L2 that
+    is the ridge ``lam R_f |w_f|^2``; for L1, ``(1'w_f)^2`` is majorized at the current W by its tangent plus
+    ``m |w_f - w0_f|^2`` (its curvature is at most m), which keeps the update row-separable and monotone.
+    """
+    scatter = scatter_penalties(config, hyper)
+    W0 = d_H[:, None] * state.W  # the current raw W' of the model (W, diag(d_H) h)
+    start, extra = state.W, None
+    if scatter:
+        c = sum(lam * group_scatter(H, Y) for lam, Y in scatter)  # (k,): lam R_f(h) summed over penalties
+        start = jnp.where(sum(lam for lam, _ in scatter) > 0, W0, state.W)
+        m = W0.shape[1]
+
+        def extra(G, B):
+            eye = jnp.eye(G.shape[-1], dtype=G.dtype)
+            if config.norm == "L2":
+                return G + c * eye, B
+            s0 = jnp.sum(W0, axis=1)
+            return G + m * c * eye, B + c[:, None] * (m * W0 - s0[:, None])
+
+    G0 = gram(H) if grams is None else grams
+    X = penalized_solve(G0, rhs, 0, start, state.n_iter > 0, config, hyper,
+                        hyper.target_W if config.target_W else None, G_TW, W0, extra)
+    d, W = scale_rows(X, config.norm)
+    loss = None if grams is not None else gram_identity_sse(sq_norm, d, W, G0, rhs)
+    if scatter and loss is not None:
+        loss = loss + penalty(d, c)
+    return d, W, loss
+
+
+def penalty(d: jax.Array, c: jax.Array) -> jax.Array:
+    """``sum_f d_f^2 c_f``: the scatter penalties of the model (W, diag(d) h) with ``c_f = sum lam R_f(h)``."""
+    return jnp.sum(d * d * c)
+
+
+def scatter_weights(config: Config, hyper: Hyper, H: jax.Array) -> jax.Array:
+    """``c_f = sum over scatter penalties of lam R_f(h)`` (k,) for the unit-scaled H, 0 without penalties."""
+    scatter = scatter_penalties(config, hyper)
+    return sum((lam * group_scatter(H, Y) for lam, Y in scatter), jnp.zeros(H.shape[0], H.dtype))
+
+
+def gram_identity_sse(sq_norm, d, W, G_w, B_w):
+    """Total SSE ``|A|^2 - 2 sum d_i <W_i, B_i> + sum_ij d_i d_j (W W')_ij G_ij`` from the W update's pre-penalty
+    Gram matrix G_w = H H' and right-hand side B_w = H A' (RcppML §4); W (k, m) unit-scaled, d (k,)."""
+    dW = d[:, None] * W
+    return sq_norm - 2 * jnp.sum(dW * B_w) + jnp.sum(jnp.dot(dW, dW.T, precision=_HIGHEST) * G_w)
+
+
+def step(problem: Any, state: State, G_TH: jax.Array | None = None, G_TW: jax.Array | None = None) -> State:
+    """One outer iteration on in-memory data: ``h_half``, ``w_half``, the loss, ``advance``."""
+    config, hyper, data = problem.config, problem.hyper, problem.data
+    d_H, H = h_half(config, hyper, data, state, G_TH)
+    d, W, loss = w_half(config, hyper, state, d_H, H, data.right(H), data.right_grams(H) if config.masked else None,
+                        problem.sq_norm, G_TW)
+    if config.masked:
+        # SSE over observed entries; the Gram identity would need a per-entry weight, so form it directly.
+        loss = data.observed_sse(d[:, None] * W, H) + penalty(d, scatter_weights(config, hyper, H))
+    return advance(state, W, H, d, loss, hyper.tol, config.patience)
+
+
+def advance(state: State, W: jax.Array, H: jax.Array, d: jax.Array, loss: jax.Array, tol: jax.Array,
+            patience_limit: int) -> State:
+    """The convergence bookkeeping of one iteration (RcppML's rule) after its updates gave W, H, d and loss."""
+    rel = jnp.abs(state.loss - loss) / (jnp.abs(state.loss) + 1e-15)
+    checked = state.n_iter >= 1
+    rel = jnp.where(checked, rel, jnp.asarray(jnp.inf, loss.dtype))
+    patience = jnp.where(checked & (rel < tol), state.patience + 1, jnp.zeros_like(state.patience))
+    history = state.history.at[state.n_iter].set(loss)
+    return State(W, H, d, loss, rel, patience, state.n_iter + 1, patience >= patience_limit, history)
+
+
+def running(state: State, maxit: int) -> jax.Array:
+    """Whether a fit goes on: below maxit, not converged, loss finite."""
+    return (state.n_iter < maxit) & ~state.converged & jnp.isfinite(state.loss)
+
+
+def init_state(config: Config, w0: jax.Array, n: int) -> State:
+    """The state before the first iteration: the raw initial W (m, k) transposed, H = 0 (k, n), d = 1."""
+    dtype = w0.dtype
+    k = config.k
+    return State(
+        W=w0.T,
+        H=jnp.zeros((k, n), dtype),
+        d=jnp.ones((k,), dtype),
+        loss=jnp.zeros((), dtype),
+        rel=jnp.asarray(jnp.inf, dtype),
+        patience=jnp.zeros((), jnp.int32),
+        n_iter=jnp.zeros((), jnp.int32),
+        converged=jnp.zeros((), bool),
+        history=jnp.full((config.maxit,), jnp.nan, dtype),
+    )
+
+
+def finish_model(config: Config, state: State, w_init: jax.Array) -> NMFModel:
+    """The model from a final state: components sorted by d descending (stable) when the config sorts."""
+    W, d, H = state.W, state.d, state.H
+    if config.sort:
+        order = jnp.argsort(-d, stable=True)
+        W, d, H = W[order], d[order], H[order]
+    return NMFModel(w=W.T, d=d, h=H, iter=state.n_iter, loss=state.loss, loss_history=state.history,
+                    converged=state.converged, tol=state.rel, w_init=w_init)
