@@ -13,6 +13,7 @@ from ._features import (
     target_augment,
     target_gram,
 )
+from ._integration import integration_metrics, scale_integration_scores
 from ._io import load, save
 from ._memory import estimate_memory
 from ._model import NMFModel, evaluate
@@ -54,6 +55,8 @@ __all__ = [
     "cholesky_clip",
     "datasets",
     "evaluate",
+    "integration_metrics",
+    "scale_integration_scores",
     "gram",
     "nmf",
     "nmf_chunked",
