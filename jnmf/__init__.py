@@ -6,6 +6,7 @@ from ._chunked import nmf_chunked
 from ._data import DataLayout, DenseData, HostSparseData, ShardedSparseData, SparseData, estimate_memory
 from ._guided import GuidedFit, guided_nmf
 from ._inmf import INMFModel, inmf, quantile_norm
+from ._integration import integration_metrics, scale_integration_scores
 from ._io import load, save
 from ._model import NMFModel, evaluate
 from ._nnls import cholesky_clip, nnls_cd, nnls_step
@@ -65,6 +66,8 @@ __all__ = [
     "cholesky_clip",
     "datasets",
     "evaluate",
+    "integration_metrics",
+    "scale_integration_scores",
     "gram",
     "inmf",
     "nmf",
