@@ -10,7 +10,6 @@ from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 
 import jnmf
-import jnmf._data
 
 
 def time_jnmf(A, k: int, iters: int, repeats: int, sparse_kernel: str = "auto", **opts) -> tuple[float, float, str]:
@@ -18,11 +17,7 @@ def time_jnmf(A, k: int, iters: int, repeats: int, sparse_kernel: str = "auto", 
 
     ``sparse_kernel``: ``"auto"`` (the platform's default), ``"host"`` or ``"ell"`` for ``layout="sparse"``.
     """
-    saved, jnmf._data._SPARSE_KERNEL = jnmf._data._SPARSE_KERNEL, sparse_kernel
-    try:
-        problem = jnmf.prepare(A, k, seed=1, tol=0.0, maxit=iters, **opts)
-    finally:
-        jnmf._data._SPARSE_KERNEL = saved
+    problem = jnmf.prepare(A, k, seed=1, tol=0.0, maxit=iters, sparse_kernel=sparse_kernel, **opts)
     t0 = time.perf_counter()
     jnmf.solve(problem).d.block_until_ready()
     first = time.perf_counter() - t0

@@ -22,7 +22,11 @@ keywords in ``options``, extra targets from a grouping in ``targets = {kwarg = "
 (``jnmf.refine`` with ``batch=`` and ``cycles``: removes a fraction λ of the batch-mean differences in its refit;
 refine takes λ in [0, 1], a negative λ is skipped), ``harmony_nmf`` / ``harmony_pca`` (harmonypy on the NMF
 embedding / on ``sc.pp.pca``), ``regress_out_pca`` (``sc.pp.regress_out`` on the confound, then PCA), ``pca``
-(unintegrated), ``inmf`` (``jnmf.inmf`` when this jnmf has it, else skipped with a message).
+(unintegrated), ``inmf`` (``jnmf.inmf`` when this jnmf has it, else skipped with a message), ``remove``
+(``nmf(remove=batch, remove_lambda=λ)``, the scatter penalty; ``lambdas`` one vmapped program; with
+``keep_labels_lambda`` also ``target_H=compute_target(base.h, labels)`` enriched: remove the batch, keep the cell
+types), ``remove_tuned`` (the λ ``jnmf.tune_removal`` chooses: the largest whose label separation stays within
+``bio_tolerance`` of the unintegrated fit's).
 
 Metrics: ``jnmf.integration_metrics`` (scib-metrics with Benchmarker's settings, raw values, 1 = better) with
 ``x_pre`` the 50-component PCA of the unintegrated data for every method (Benchmarker's choice). MSE ratio:
@@ -38,10 +42,40 @@ import time
 import warnings
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
 import jnmf
+from jnmf.cli import ConfigError
+
+DATASET_KINDS = ("hawaiibirds", "pbmc68k_reduced", "pbmc68k_simulated")
+METHOD_KINDS = ("nmf", "target", "remove", "remove_tuned", "refine", "inmf", "harmony_nmf", "harmony_pca",
+                "regress_out_pca", "pca")
+
+
+def validate_config(config: dict, path) -> None:
+    """Before any compute: data set and method kinds, unique keys, the grids' values (the CLI calls this)."""
+    for section, kinds in (("datasets", DATASET_KINDS), ("methods", METHOD_KINDS)):
+        entries = config.get(section)
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError(path, section, f"expected a non-empty array of [[{section}]] tables")
+        keys = set()
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or "key" not in entry or "kind" not in entry:
+                raise ConfigError(path, f"{section}[{i}]", "needs 'key' and 'kind'")
+            if entry["kind"] not in kinds:
+                raise ConfigError(path, f"{section}[{i}].kind", f"must be one of {', '.join(kinds)}; got "
+                                  f"{entry['kind']!r}")
+            if entry["key"] in keys:
+                raise ConfigError(path, f"{section}[{i}].key", f"duplicate key {entry['key']!r}")
+            keys.add(entry["key"])
+            for name in ("lambda", "keep_labels_lambda", "bio_tolerance"):
+                if name in entry and not isinstance(entry[name], (int, float)):
+                    raise ConfigError(path, f"{section}[{i}].{name}", f"must be a number, got {entry[name]!r}")
+            if "lambdas" in entry and (not isinstance(entry["lambdas"], list) or not entry["lambdas"]):
+                raise ConfigError(path, f"{section}[{i}].lambdas", "must be a non-empty list of numbers")
 
 METRIC_COLUMNS = ("bras", "ilisi", "kbet", "graph_connectivity", "pcr_comparison", "isolated_labels", "nmi_kmeans",
                   "ari_kmeans", "silhouette_label", "clisi")
@@ -218,6 +252,44 @@ def _fit_rows(spec: dict, ds: dict, base, base_seconds: float, nmf_opts: dict, c
         model = jnmf.nmf(A, k, target_lambda=float(spec["lambda"]), **options)
         return [(spec["key"], f"{spec['label']} λ={float(spec['lambda']):g}", np.asarray(model.embedding()), model,
                  time.perf_counter() - t0)]
+    if kind == "remove":  # nmf(remove=batch): the scatter penalty, a lambda grid as one vmapped program
+        options = {**nmf_opts, **spec.get("options", {})}
+        kk = options.pop("k")
+        keep = {}
+        if spec.get("keep_labels_lambda") is not None:  # remove the batch and enrich the (bio) labels
+            if labels is None:
+                report(f"  skipped {spec['key']}: keep_labels_lambda needs labels")
+                return []
+            keep = dict(target_H=jnmf.compute_target(base.h, labels), target_lambda=float(spec["keep_labels_lambda"]))
+        lams = [float(v) for v in spec.get("lambdas", [spec.get("lambda", 1.0)])]
+        t0 = time.perf_counter()
+        problem = jnmf.prepare(A, kk, remove=batch, remove_lambda=0.0, **keep, **options)
+        models = jax.vmap(lambda lam: jnmf.solve(problem, remove_lambda=lam))(jnp.asarray(lams))
+        models.d.block_until_ready()
+        seconds = (time.perf_counter() - t0) / len(lams)
+        rows = []
+        for i, lam in enumerate(lams):
+            model = jax_to_numpy(jax.tree.map(lambda x, i=i: x[i], models))
+            rows.append((f"{spec['key']}@{lam:g}", f"{spec['label']} λ={lam:g}", np.asarray(model.embedding()),
+                         model, seconds))
+        return rows
+    if kind == "remove_tuned":  # the lambda tune_removal chooses: most batch removal within a bio tolerance
+        if labels is None:
+            report(f"  skipped {spec['key']}: tune_removal needs labels (the structure to conserve)")
+            return []
+        options = {**nmf_opts, **spec.get("options", {})}
+        kk = options.pop("k")
+        t0 = time.perf_counter()
+        tuning = jnmf.tune_removal(A, kk, batch, labels, bio_tolerance=float(spec.get("bio_tolerance", 0.05)),
+                                   maxit=int(spec.get("tune_maxit", 60)), seed=options.pop("seed", 0),
+                                   **{k_: v for k_, v in options.items() if k_ not in ("maxit", "tol")})
+        model = jnmf.nmf(A, kk, remove=batch, remove_lambda=tuning.lam, seed=nmf_opts.get("seed", 0),
+                         **{k_: v for k_, v in options.items() if k_ != "seed"})
+        report(f"  {spec['key']}: tune_removal chose lambda {tuning.lam:.4g} (grid answer {tuning.grid_lam:g}; label "
+               f"separation {tuning.bio0:.3f} -> {tuning.bio:.3f}, batch separation {tuning.batch0:.3f} -> "
+               f"{tuning.batch:.3f})")
+        return [(spec["key"], f"{spec['label']} λ={tuning.lam:.3g} (grid {tuning.grid_lam:g})",
+                 np.asarray(model.embedding()), model, time.perf_counter() - t0)]
     if kind == "refine":
         lam = float(spec["lambda"])
         if not 0.0 <= lam <= 1.0:
@@ -246,8 +318,7 @@ def _fit_rows(spec: dict, ds: dict, base, base_seconds: float, nmf_opts: dict, c
         out = np.empty_like(emb)
         out[np.concatenate(parts)] = emb  # rows of the aligned embedding follow the concatenated batches
         return [(spec["key"], spec["label"], out, None, time.perf_counter() - t0)]
-    raise ValueError(f"method kind must be nmf, target, refine, harmony_nmf, harmony_pca, regress_out_pca, pca or "
-                     f"inmf, got {kind!r} in {spec.get('key')!r}")
+    raise ValueError(f"method kind must be one of {', '.join(METHOD_KINDS)}, got {kind!r} in {spec.get('key')!r}")
 
 
 def _json_safe(obj):

@@ -30,7 +30,7 @@ from ._targets import label_codes
 
 __all__ = ["AssessResult", "assess"]
 
-METRICS = ("ari", "nmi", "silhouette", "classification", "batch_mixing")
+METRICS = ("ari", "nmi", "silhouette", "classification", "batch_mixing", "scib")
 CLASSIFIERS = ("knn", "lr", "rf")
 _CLF_FIELDS = ("accuracy", "f1", "precision", "recall", "auroc")
 _LD = np.longdouble
@@ -651,8 +651,11 @@ def assess(
     true labels; on stratified ``n_folds``-fold CV (z-scored features for kNN and LR): accuracy, macro
     F1/precision/recall and macro one-vs-rest AUROC per classifier (``knn``, ``lr`` = one-vs-rest glm, ``rf``), their
     pooled ``*_mean``; with a batch, ``batch_silhouette`` (lower = better mixing) and ``batch_knn_entropy`` (higher =
-    better). ``metrics`` selects among "ari", "nmi", "silhouette", "classification", "batch_mixing" ("all": every one,
-    batch mixing only with a batch). Everything but ``rf`` reproduces RcppML to rounding for the same seed.
+    better), and scib's integration metrics (``integration_metrics``: iLISI, kBET, graph connectivity, BRAS, PCR,
+    isolated labels, k-means NMI/ARI, label silhouette, cLISI and the batch/bio/total scores) as ``scib_<name>``,
+    on the same kept samples and labels (needs ``pip install "jnmf[integration]"``). ``metrics`` selects among
+    "ari", "nmi", "silhouette", "classification", "batch_mixing", "scib" ("all": every one, the last two only with a
+    batch). Everything but ``rf`` reproduces RcppML to rounding for the same seed.
 
     Deviations from RcppML, all outside its tested path: empty label levels are always dropped (RcppML keeps them in
     ``n_classes`` when no sample is dropped); batch levels are kept as given, unused ones included, like RcppML;
@@ -663,7 +666,7 @@ def assess(
     emb = _extract_embedding(x, layer)
     n, k = emb.shape
     if isinstance(metrics, str) and metrics == "all":
-        do_metrics = METRICS if batch is not None else METRICS[:-1]
+        do_metrics = METRICS if batch is not None else METRICS[:-2]
     else:
         do_metrics = _resolve_names("metrics", metrics, METRICS)
         if not do_metrics:
@@ -721,6 +724,12 @@ def assess(
             )
     if bcodes is not None:
         bcodes = bcodes[keep]
+    if "scib" in do_metrics:
+        if bcodes is None:
+            raise ValueError("metrics: 'scib' needs batch= (the grouping whose removal it scores)")
+        from ._integration import _import_scib_metrics
+
+        _import_scib_metrics()  # a clear ImportError naming the extra, before any metric is computed
 
     # ---- metrics, each block reseeded like RcppML ----
     out: dict[str, float] = {}
@@ -745,6 +754,12 @@ def assess(
     if "batch_mixing" in do_metrics and n_batch > 1:
         out["batch_silhouette"] = _approx_silhouette(emb, bcodes, sil_samples_per_class, seed + 1)
         out["batch_knn_entropy"] = _approx_batch_knn_entropy(emb, bcodes, n_batch, batch_knn_k, seed)
+    if "scib" in do_metrics:
+        from ._integration import integration_metrics
+
+        # The same kept samples and labels as the RcppML metrics; keys prefixed so nothing of RcppML's changes.
+        scib = integration_metrics(emb, codes, batch=bcodes, seed=seed)
+        out.update({f"scib_{name}": float(value) for name, value in scib.items()})
 
     params = {
         "n_samples": n,

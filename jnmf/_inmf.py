@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import numbers
 from typing import Any, NamedTuple
 
@@ -39,8 +40,7 @@ from . import _validate as V
 from ._data.placement import _DENSE_DENSITY, _DENSE_ENTRIES
 from ._input import _DENSE_BYTES_LIMIT, split_mask, squared_norm
 from ._nnls import nnls_cd, nnls_step
-from ._options import LOOPS
-from ._options import default_dtype as _default_dtype
+from ._options import LOOPS, check_dtype
 from ._penalties import GRAM_JITTER
 from ._rrng import r_runif
 
@@ -543,11 +543,7 @@ def prepare_inmf(
     dtype: Any = None,
 ) -> INMFProblem:
     """Validate the arguments of ``inmf`` (same meaning; ``lambda_`` a scalar) and build an ``INMFProblem``."""
-    dtype = jnp.dtype(_default_dtype() if dtype is None else dtype)
-    if dtype not in (jnp.float32, jnp.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-        raise ValueError("dtype=float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))")
+    dtype = check_dtype(dtype)
     V.check_choice(layout, "layout", LAYOUTS)
     V.check_choice(loop, "loop", LOOPS)
     As, Ms = _check_batches(As, masks, dtype.itemsize, layout)
@@ -583,25 +579,7 @@ def prepare_inmf(
                        sq_norm=jnp.asarray(sq, dtype), config=config)
 
 
-def inmf(
-    As: Any,
-    k: int,
-    *,
-    lambda_: Any = 5.0,
-    seed: Any = None,
-    tol: float = 1e-6,
-    maxit: int = 30,
-    patience: int = 5,
-    w_init: Any = None,
-    v_init: Any = None,
-    h_init: Any = None,
-    cd_maxit: int = 100,
-    cd_tol: float = 1e-8,
-    masks: Any = None,
-    layout: str = "auto",
-    loop: str = "while",
-    dtype: Any = None,
-) -> INMFModel:
+def inmf(As: Any, k: int, *, lambda_: Any = 5.0, seed: Any = None, **options: Any) -> INMFModel:
     """Integrative NMF (LIGER's iNMF): ``A_i ≈ (W + V_i) H_i`` with W shared by all batches.
 
     Minimises ``sum_i |A_i - (W + V_i) H_i|_F^2 + lambda_ sum_i |V_i H_i|_F^2`` over W (m, k), V_i (m, k),
@@ -647,9 +625,7 @@ def inmf(
     if lam_arr.ndim > 1:
         raise ValueError(f"lambda_ must be a scalar or a 1-D sequence, got shape {lam_arr.shape}")
     if lam_arr.ndim == 0 and seeds is None:
-        model = solve_inmf(prepare_inmf(As, k, lambda_=lambda_, seed=seed, tol=tol, maxit=maxit, patience=patience,
-                                        w_init=w_init, v_init=v_init, h_init=h_init, cd_maxit=cd_maxit,
-                                        cd_tol=cd_tol, masks=masks, layout=layout, loop=loop, dtype=dtype))
+        model = solve_inmf(prepare_inmf(As, k, lambda_=lambda_, seed=seed, **options))
         _check_finite(model)
         return model
     lams = [lambda_] if lam_arr.ndim == 0 else list(lambda_)
@@ -661,11 +637,10 @@ def inmf(
     lams, seeds = lams * (g // len(lams)), seeds * (g // len(seeds))
     for j, lam in enumerate(lams):
         V.check_real(lam, f"lambda_[{j}]", low=0.0)
-    if len(set(map(id, seeds))) > 1 and any(x is not None for x in (w_init, v_init, h_init)):
+    w_init = options.get("w_init")
+    if len(set(map(id, seeds))) > 1 and any(options.get(x) is not None for x in ("w_init", "v_init", "h_init")):
         raise ValueError("a list of seeds cannot be combined with w_init, v_init or h_init")
-    problem = prepare_inmf(As, k, lambda_=lams[0], seed=seeds[0], tol=tol, maxit=maxit, patience=patience,
-                           w_init=w_init, v_init=v_init, h_init=h_init, cd_maxit=cd_maxit, cd_tol=cd_tol,
-                           masks=masks, layout=layout, loop=loop, dtype=dtype)
+    problem = prepare_inmf(As, k, lambda_=lams[0], seed=seeds[0], **options)
     dt = problem.w_init.dtype
     if len(seeds) > 1 and seeds[0] is None:
         raise ValueError("seed: a list of seeds must hold integers or jax.random keys, not None")
@@ -782,3 +757,6 @@ def _subsample(x: np.ndarray, max_sample: int | None, rng: np.random.Generator) 
     if max_sample is None or x.size <= max_sample:
         return x
     return rng.choice(x, size=max_sample, replace=False)
+
+
+inmf.__signature__ = inspect.signature(prepare_inmf).replace(return_annotation="INMFModel")

@@ -210,7 +210,29 @@ def split_mask(A: Any, mask: Any, itemsize: int, layout: str = "auto",
         M = nan if M is None else (M | nan)
     if not M.any():
         return A, None
+    if M.all():
+        raise ValueError(f"{name}: every entry is missing (NaN or masked by {mask_name}); there is nothing to fit")
     return np.where(M, np.zeros((), dense.dtype), dense), M
+
+
+# The largest |A| entries a fit handles without under- or overflow in its Gram matrices and squared errors: their
+# squares times the matrix size must stay inside the dtype's range (float32: ~1e-38 to 3e38).
+_SCALE_LIMITS = {4: (1e-15, 1e15), 8: (1e-140, 1e140)}
+
+
+def check_scale(A: Any, itemsize: int, name: str = "A") -> None:
+    """Refuse data whose scale the dtype cannot carry through a fit (an all-zero or denormal A would otherwise
+    give a zero model reported as converged); NMF's scale is arbitrary, so the fix is to rescale."""
+    values = A.data if sp.issparse(A) else np.asarray(A)
+    top = float(np.max(np.abs(values))) if values.size else 0.0
+    low, high = _SCALE_LIMITS[itemsize]
+    if top == 0.0:
+        raise ValueError(f"{name} is all zeros (no observed non-zero entry): there is nothing to factorize")
+    if not low <= top <= high:
+        raise ValueError(f"{name}'s largest entry is {top:.3g}, outside [{low:g}, {high:g}] where a "
+                         f"{'float32' if itemsize == 4 else 'float64'} fit neither underflows nor overflows; "
+                         f"rescale it (e.g. {name} / {top:.3g}: the factorization of s A is that of A with d scaled "
+                         "by s) or use dtype=float64")
 
 
 def _check_mask(mask: Any, shape: tuple[int, int], name: str = "mask") -> np.ndarray:

@@ -317,6 +317,9 @@ class FitOptions:
             kind, value = "matrix", V.check_matrix(self.w_init, "w_init", (m, k), nonneg=True)
         else:
             kind, value = check_seed(self.seed, "seed", (m, k))
+        if kind == "matrix" and not np.any(value):
+            raise ValueError(f"{'w_init' if self.w_init is not None else 'seed'}: the initial W is all zeros, so "
+                             "every update stays zero (a zero model); give a non-zero initial W")
         w0 = initial_w(kind, value, m, k, dtype)
 
         devices = None

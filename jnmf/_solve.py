@@ -32,7 +32,7 @@ from jax import lax
 
 from . import _validate as V
 from ._data import DataLayout, place
-from ._input import split_mask, squared_norm
+from ._input import check_scale, split_mask, squared_norm
 from ._model import NMFModel
 from ._options import Config, FitOptions, Hyper, check_dtype, check_overrides, signature_of, target_grams
 from ._step import finish_model, init_state, running, step
@@ -87,6 +87,7 @@ def build_problem(A: Any, k: Any, opts: FitOptions, *, L1_grid: Any = None, lamb
     # Before check_data: masked entries (and NaN, which is masked) are zeroed, so their values are never checked.
     A, M = split_mask(A, opts.mask, dtype.itemsize, opts.layout)
     A = V.check_data(A)
+    check_scale(A, dtype.itemsize)
     m, n = A.shape
     plan = opts.resolve(m, n, k, masked=M is not None, L1_grid=L1_grid, lambda_grid=lambda_grid)
     data = place(A, plan.dtype, plan.layout, M, plan.config.k, plan.devices, plan.max_memory_bytes,

@@ -21,8 +21,9 @@ from jax.typing import ArrayLike
 
 from ._data import prepare_data
 from ._model import NMFModel
-from ._nnls import nnls_cd
-from ._penalties import gram, removal_project_rhs, scale_rows, target_gram
+from ._options import Config, Hyper
+from ._penalties import gram, scale_rows, target_gram
+from ._step import penalized_solve
 from ._validate import check_data
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -328,13 +329,18 @@ def refine(
 @functools.partial(jax.jit, static_argnames=("whiten", "nonneg", "remove"))
 def _refine_cycle(A, W_T, d, H_c, onehot, T_b, lam, *, whiten: bool, nonneg: bool, remove: bool):
     """One stage-2 cycle: W from diag(d) H_c, H from (A, W), H_c from H. Returns (W_T (k, m), d (k,), H_c (k, n))."""
+    # The engine's solve pieces (_step.penalized_solve): exact CD, no L1/L2, the "project" removal on the H side.
+    k, dtype = W_T.shape[0], W_T.dtype
+    config = Config(k=k, solver="cd", nonneg=(nonneg, nonneg), removal="project", target_H=remove)
+    zeros = jnp.zeros(2, dtype)
+    hyper = Hyper(tol=jnp.zeros((), dtype), L1=zeros, L2=zeros, upper_bound=zeros, cd_tol=jnp.asarray(1e-8, dtype),
+                  target_lambda=jnp.stack([zeros[0], -lam]), target_H=T_b if remove else None)
+    warm = jnp.asarray(True)
     D = d[:, None] * H_c
-    W_T = nnls_cd(gram(D), A.right(D), W_T, nonneg=nonneg)
+    W_T = penalized_solve(gram(D), A.right(D), 0, W_T, warm, config, hyper)
     s, W_T = scale_rows(W_T)
-    G, B = gram(W_T), A.left(W_T)
-    if remove:
-        G, B = removal_project_rhs(G, B, T_b, target_gram(T_b), -lam)
     # diag(s) D reconstructs A with the normalised W, so it warm-starts the H solve close to its solution.
-    H_raw = nnls_cd(G, B, s[:, None] * D, nonneg=nonneg)
+    H_raw = penalized_solve(gram(W_T), A.left(W_T), 1, s[:, None] * D, warm, config, hyper,
+                            T_b if remove else None, target_gram(T_b) if remove else None)
     d, H = scale_rows(H_raw)
     return W_T, d, oas_zca_refine(H, onehot, lam, whiten=whiten, nonneg=nonneg)

@@ -82,14 +82,7 @@ def nmf(
     if copy:
         adata = adata.copy()
 
-    if layer is None:
-        X = adata.X
-    elif layer in adata.layers:
-        X = adata.layers[layer]
-    else:
-        raise KeyError(f"layer {layer!r} is not in adata.layers (have: {list(adata.layers.keys())})")
-    if X is None:
-        raise ValueError("adata.X is None; give layer=...")
+    X = _matrix(adata, layer)
     columns = {}
     for name, key in (("labels_key", labels_key), ("batch_key", batch_key)):
         if key is not None:
@@ -203,14 +196,7 @@ def inmf(
             raise TypeError(f"tl.inmf does not take {name}; call jnmf.inmf on the batch matrices instead")
     if batch_key not in adata.obs:
         raise KeyError(f"batch_key {batch_key!r} is not a column of adata.obs (have: {list(adata.obs.columns)})")
-    if layer is None:
-        X = adata.X
-    elif layer in adata.layers:
-        X = adata.layers[layer]
-    else:
-        raise KeyError(f"layer {layer!r} is not in adata.layers (have: {list(adata.layers.keys())})")
-    if X is None:
-        raise ValueError("adata.X is None; give layer=...")
+    X = _matrix(adata, layer)
     labels = adata.obs[batch_key]
     if labels.isna().any():
         raise ValueError(f"batch_key {batch_key!r}: {int(labels.isna().sum())} cells have no batch label")
@@ -254,3 +240,16 @@ def inmf(
         "params": {name: value for name, value in params.items() if value is not None},
     }
     return adata if copy else None
+
+
+def _matrix(adata: Any, layer: str | None) -> Any:
+    """``adata.X`` or ``adata.layers[layer]``, with errors that name what the user passed."""
+    if layer is None:
+        X = adata.X
+    elif layer in adata.layers:
+        X = adata.layers[layer]
+    else:
+        raise KeyError(f"layer {layer!r} is not in adata.layers (have: {list(adata.layers.keys())})")
+    if X is None:
+        raise ValueError("adata.X is None; give layer=...")
+    return X

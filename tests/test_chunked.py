@@ -69,19 +69,18 @@ def test_chunked_target_H_equals_in_memory(birds, bird_paths, kw):
     _assert_same_fit(out, ref)
 
 
-def test_chunked_sparse_chunks_with_removal_equal_in_memory(monkeypatch):
+def test_chunked_sparse_chunks_with_removal_equal_in_memory():
     # A budget below the dense working set of a chunk puts every chunk in the sparse layout (the host CSR kernel
     # on CPU), read twice per iteration by removal="project".
-    import jnmf._chunked as chunked
-    from jnmf._memory import estimate_memory
+    from jnmf._data import prepare_data
 
     rng = np.random.default_rng(3)
     A = sp.random(400, 500, density=0.01, random_state=rng, format="csc")
     T = rng.random((5, 500))
-    kinds, prepare_data = set(), chunked.prepare_data
-    monkeypatch.setattr(chunked, "prepare_data", lambda *a, **kw: kinds.add(type(d := prepare_data(*a, **kw))) or d)
     with jax.enable_x64(True):
-        budget = estimate_memory(400, 250, 5, A.nnz, "dense", np.float64) - 1
+        budget = jnmf.estimate_memory(400, 250, 5, A.nnz, "dense", np.float64) - 1
+        kinds = {type(prepare_data(c, np.float64, k=5, max_memory_bytes=budget, bucket=True))
+                 for c in (A[:, :250], A[:, 250:])}
         kw = dict(target_H=T, target_lambda=-0.5, removal="project", maxit=10)
         ref = jnmf.nmf(A, 5, seed=7, layout="dense", **kw)
         out = jnmf.nmf_chunked([A[:, :250], A[:, 250:]], 5, seed=7, max_memory_bytes=budget, **kw)

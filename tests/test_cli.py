@@ -47,7 +47,7 @@ CASES = {
     "method_kind": (lambda t: _edit(t, 'kind = "refine"', 'kind = "refin"'), "methods[1].kind",
                     r"must be one of 'baseline', 'refine', 'target'; got 'refin' \(did you mean 'refine'\?\)"),
     "last_method_kind": (lambda t: _edit(t, 'removal = "project"', 'removal = "projekt"'), "methods[4].removal",
-                         r"must be one of 'proj_adv', 'project'; got 'projekt'"),
+                         r"must be one of 'scatter', 'proj_adv', 'project'; got 'projekt'"),
     "lambda_missing": (lambda t: _edit(t, "kind = \"refine\"\nlambda = 0.5", "kind = \"refine\""),
                        "methods[1].lambda", r"missing required key for kind 'refine'"),
     "table_ref": (lambda t: _edit(t, 'enrichment = ["baseline", "refine", "target"]',

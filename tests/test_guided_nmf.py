@@ -249,3 +249,23 @@ def test_target_validation_errors(toy):
         jnmf.nmf(A, 3, seed=1, target_lambda=0.5)
     with pytest.raises(ValueError, match="removal must be one of"):
         jnmf.nmf(A, 3, seed=1, target_H=T, target_lambda=-0.5, removal="subtract")
+
+
+def test_one_guided_recipe_for_estimator_tl_and_main_job():
+    """GuidedNMF, tl.nmf and the main job all run guided_nmf, RcppML's recipe: T from the sorted base fit."""
+    rng = np.random.default_rng(11)
+    A = np.abs(rng.normal(size=(40, 60))) + np.repeat(np.abs(rng.normal(size=(40, 3))), 20, axis=1)
+    y = np.repeat(["a", "b", "c"], 20)
+    fit = jnmf.guided_nmf(A, 4, y, target_lambda=0.2, seed=3, solver="cd")
+    base = jnmf.nmf(A, 4, seed=3, solver="cd")
+    recipe = jnmf.nmf(A, 4, seed=3, solver="cd", target_H=jnmf.compute_target(base.h, y), target_lambda=0.2)
+    assert not np.array_equal(fit.order, np.arange(4))  # the sort permutes: the alignment rule matters here
+    np.testing.assert_array_equal(np.asarray(fit.model.h), np.asarray(recipe.h))
+    est = jnmf.GuidedNMF(4, target_lambda=0.2, random_state=3, solver="cd").fit(A.T, y)
+    np.testing.assert_array_equal(np.asarray(est.model_.h), np.asarray(recipe.h))
+    np.testing.assert_array_equal(est.target_, fit.target[fit.order])
+    ad = pytest.importorskip("anndata", reason="anndata is not installed (pip install jnmf[anndata])")
+    adata = ad.AnnData(A.T.copy())
+    adata.obs["y"] = y
+    jnmf.tl.nmf(adata, 4, labels_key="y", target_lambda=0.2, seed=3, solver="cd")
+    np.testing.assert_array_equal(adata.obsm["X_nmf"], np.asarray(recipe.embedding()))

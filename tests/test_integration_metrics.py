@@ -192,3 +192,18 @@ def test_bad_input_names_the_argument(case, match, sm):
         kwargs["knn"] = "annoy"
     with pytest.raises(ValueError, match=match):
         jnmf.integration_metrics(**kwargs)
+
+
+def test_assess_adds_the_scib_metrics_next_to_rcppmls(sm, toy):
+    emb, _, labels, batch = toy
+    res = jnmf.assess(emb, labels, batch=batch, metrics=["nmi", "batch_mixing", "scib"], classifiers=("knn",))
+    direct = jnmf.integration_metrics(emb, labels, batch=batch, seed=42)
+    scib = {name[5:]: value for name, value in res.metrics.items() if name.startswith("scib_")}
+    assert scib.keys() == direct.keys()
+    np.testing.assert_allclose([scib[key] for key in direct], list(direct.values()), rtol=1e-12, equal_nan=True)
+    # RcppML's own metrics are unchanged by the scib group
+    alone = jnmf.assess(emb, labels, batch=batch, metrics=["nmi", "batch_mixing"], classifiers=("knn",))
+    for key in ("nmi", "batch_silhouette", "batch_knn_entropy"):
+        assert res.metrics[key] == alone.metrics[key]
+    with pytest.raises(ValueError, match="'scib' needs batch="):
+        jnmf.assess(emb, labels, metrics=["scib"])

@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 import jnmf
-from jnmf._memory import estimate_memory
+from jnmf import estimate_memory
 
 FIELDS = ("w", "d", "h")
 
@@ -33,18 +33,16 @@ def _max_rel(a, b):
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(params=["host", "ell"])
-def sparse_kernel(request, monkeypatch):
-    """Run a test with each sparse kernel: scipy CSR on the host (CPU default) and EllBlocks gathers in XLA."""
-    import jnmf._data
-
-    monkeypatch.setattr(jnmf._data, "_SPARSE_KERNEL", request.param)
+def sparse_kernel(request):
+    """Run a test with each sparse kernel (``sparse_kernel=``): the CSR kernel on the host (CPU default) and
+    EllBlocks gathers in XLA."""
     return request.param
 
 
 def test_sparse_and_dense_layouts_same_model_on_fixtures(toy_ref, hawaiibirds, sparse_kernel):
     # float32 (the default) on hawaiibirds: w and h are unit-scaled (atol), d carries the data's scale (rtol).
     dense = jnmf.nmf(hawaiibirds.A, 8, seed=42, layout="dense")
-    sparse = jnmf.nmf(hawaiibirds.A, 8, seed=42, layout="sparse")
+    sparse = jnmf.nmf(hawaiibirds.A, 8, seed=42, layout="sparse", sparse_kernel=sparse_kernel)
     assert int(dense.iter) == int(sparse.iter)
     for f in ("w", "h"):
         np.testing.assert_allclose(np.asarray(getattr(sparse, f)), np.asarray(getattr(dense, f)), atol=1e-4)
@@ -54,7 +52,7 @@ def test_sparse_and_dense_layouts_same_model_on_fixtures(toy_ref, hawaiibirds, s
     with jax.enable_x64(True):
         A = sp.csc_matrix(toy_ref["A"])
         dense = jnmf.nmf(A, 3, seed=1, layout="dense")
-        sparse = jnmf.nmf(A, 3, seed=1, layout="sparse")
+        sparse = jnmf.nmf(A, 3, seed=1, layout="sparse", sparse_kernel=sparse_kernel)
     assert int(dense.iter) == int(sparse.iter)
     assert _max_rel(sparse, dense) <= 1e-10
 
@@ -68,7 +66,7 @@ def test_sparse_products_equal_dense_products_for_skewed_columns(sparse_kernel):
     for j, c in enumerate(counts):
         dense[rng.choice(m, c, replace=False), j] = rng.random(c) + 0.1
     with jax.enable_x64(True):
-        data = jnmf.prepare(sp.csr_matrix(dense), 4, seed=1, layout="sparse").data
+        data = jnmf.prepare(sp.csr_matrix(dense), 4, seed=1, layout="sparse", sparse_kernel=sparse_kernel).data
         F, H = rng.random((4, m)), rng.random((4, n))
         np.testing.assert_allclose(np.asarray(data.left(F)), F @ dense, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(np.asarray(data.right(H)), H @ dense.T, rtol=1e-12, atol=1e-12)
@@ -259,20 +257,21 @@ def test_chunked_fit_equals_in_memory(hawaiibirds, tmp_path, kw):
     assert _max_rel(out, ref) <= 1e-10
 
 
-def test_chunked_sparse_chunks_match_dense_in_memory(sparse_kernel, monkeypatch):
-    # Small chunks are densified by layout="auto" (_DENSE_ENTRIES); without that rule these very sparse chunks
-    # take the sparse layout of each kernel. The in-memory reference is dense.
+def test_chunked_sparse_chunks_match_dense_in_memory(sparse_kernel):
+    # Small chunks are densified by layout="auto"; a budget below a chunk's dense working set puts these very
+    # sparse chunks in the sparse layout of each kernel. The in-memory reference is dense.
     import jnmf._data
 
-    monkeypatch.setattr(jnmf._data, "_DENSE_ENTRIES", 0)
     rng = np.random.default_rng(3)
     A = sp.random(400, 500, density=0.004, random_state=rng, format="csc")
     A = A + sp.random(400, 500, density=0.001, random_state=rng, format="csc")
     with jax.enable_x64(True):
         ref = jnmf.nmf(A, 5, seed=7, solver="cd", layout="dense")
         chunks = [A[:, :150], A[:, 150:300], A[:, 300:]]
-        out = jnmf.nmf_chunked(chunks, 5, seed=7, solver="cd")
-        layouts = {type(jnmf._data.prepare_data(c, np.float64, bucket=True)).__name__ for c in chunks}
+        budget = estimate_memory(400, 150, 5, None, "dense", np.float64) - 1
+        out = jnmf.nmf_chunked(chunks, 5, seed=7, solver="cd", max_memory_bytes=budget, sparse_kernel=sparse_kernel)
+        layouts = {type(jnmf._data.prepare_data(c, np.float64, k=5, max_memory_bytes=budget, bucket=True,
+                                                sparse_kernel=sparse_kernel)).__name__ for c in chunks}
     assert layouts == {"HostSparseData" if sparse_kernel == "host" else "SparseData"}
     assert int(out.iter) == int(ref.iter)
     assert _max_rel(out, ref) <= 1e-10

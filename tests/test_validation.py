@@ -75,18 +75,13 @@ def test_singular_gram_stays_finite():
     assert all(np.all(np.isfinite(np.asarray(x))) for x in (model.w, model.d, model.h, model.loss))
 
 
-def test_non_finite_fit_raises_instead_of_returning_nan(monkeypatch):
-    from jnmf import _solve
+def test_non_finite_fit_raises_instead_of_returning_nan():
+    from jnmf._solve import check_finite  # what nmf() runs on every model before returning it
 
-    real_solve = _solve.solve
-
-    def poisoned(problem, **kw):
-        model = real_solve(problem, **kw)
-        return model.replace(h=model.h.at[0, 0].set(np.nan))
-
-    monkeypatch.setattr(_solve, "solve", poisoned)
+    model = jnmf.solve(jnmf.prepare(A, 2, seed=1, maxit=3))
+    check_finite(model)
     with pytest.raises(FloatingPointError, match="non-finite"):
-        jnmf.nmf(A, 2, seed=1, maxit=3)
+        check_finite(model.replace(h=model.h.at[0, 0].set(np.nan)))
 
 
 def test_integer_and_jax_input_accepted():
@@ -96,3 +91,71 @@ def test_integer_and_jax_input_accepted():
     a = jnmf.nmf(counts, 2, seed=1, maxit=5)
     b = jnmf.nmf(jnp.asarray(counts, jnp.float32), 2, seed=1, maxit=5)
     np.testing.assert_allclose(np.asarray(a.h), np.asarray(b.h), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one options table: the same checks (and messages) from every entry point, before any compute
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_solve_overrides_validate_like_prepare():
+    problem = jnmf.prepare(A, 2, seed=1, maxit=3)  # solver="auto" resolved to Cholesky (k < 32, no L1)
+    with pytest.raises(ValueError, match="solver='cholesky' does not support L1") as from_solve:
+        jnmf.solve(problem, L1=0.1)
+    with pytest.raises(ValueError, match="solver='cholesky' does not support L1") as from_prepare:
+        jnmf.prepare(A, 2, seed=1, solver="cholesky", L1=0.1)
+    assert str(from_solve.value) == str(from_prepare.value)
+    for bad, match in (({"L1": 1.5}, "L1 must be < 1"), ({"L2": -1.0}, "L2 must be >= 0"),
+                       ({"tol": -1.0}, "tol must be >= 0"), ({"target_lambda": 0.3}, "target_H and target_W are None")):
+        with pytest.raises(ValueError, match=match):
+            jnmf.solve(problem, **bad)
+        with pytest.raises(ValueError, match=match):
+            jnmf.prepare(A, 2, seed=1, **bad)
+
+
+def test_unknown_option_is_a_type_error_with_a_suggestion():
+    with pytest.raises(TypeError, match=r"nmf\(\) got an unexpected keyword argument 'maxiter' \(did you mean "
+                                        r"'maxit'\?\)|prepare\(\) got an unexpected keyword argument 'maxiter'"):
+        jnmf.nmf(A, 2, maxiter=5)
+    with pytest.raises(TypeError, match="nmf_chunked.. got an unexpected keyword argument 'tolerance'"):
+        jnmf.nmf_chunked([A], 2, tolerance=1e-3)
+    with pytest.raises(TypeError, match="does not take 'layout'"):
+        jnmf.nmf_chunked([A], 2, layout="dense")
+
+
+@pytest.mark.parametrize("seed", [2**31, 2**32 + 7, -1])
+def test_seeds_outside_rs_range_are_refused(seed):
+    # 2^32 + 7 used to wrap silently onto seed 7's stream
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\^31 - 1\]"):
+        jnmf.nmf(A, 2, seed=seed)
+    with pytest.raises(ValueError, match=r"seeds must be an integer in \[0, 2\^31 - 1\]"):
+        jnmf.sweep(A, 2, seeds=[1, seed])
+
+
+def test_degenerate_data_is_refused_before_compute():
+    with pytest.raises(ValueError, match="every entry is missing"):
+        jnmf.nmf(np.full((6, 5), np.nan), 2, seed=1)
+    with pytest.raises(ValueError, match="every entry is missing"):
+        jnmf.nmf(A, 2, seed=1, mask=np.ones(A.shape, bool))
+    with pytest.raises(ValueError, match="A is all zeros"):
+        jnmf.nmf(np.zeros((6, 5)), 2, seed=1)
+    with pytest.raises(ValueError, match=r"largest entry is 1e-30, outside .* rescale it"):
+        jnmf.nmf(A / A.max() * 1e-30, 2, seed=1)
+    with pytest.raises(ValueError, match="initial W is all zeros"):
+        jnmf.nmf(A, 2, w_init=np.zeros((A.shape[0], 2)))
+    with pytest.raises(ValueError, match="ragged"):
+        jnmf.sweep(A, 2, seeds=1, L2=[[0.1, 0.2], [0.3]])
+
+
+def test_guidance_labels_that_cannot_guide_are_refused_before_any_fit():
+    from jnmf._solve import _solve_jit
+
+    labels_one = np.zeros(A.shape[1])
+    missing = np.full(A.shape[1], None)
+    before = _solve_jit._cache_size()
+    for y in (labels_one, missing):
+        with pytest.raises(ValueError, match="at least 2 classes"):
+            jnmf.GuidedNMF(2, random_state=0).fit(A.T, y)
+        with pytest.raises(ValueError, match="at least 2 classes"):
+            jnmf.guided_nmf(A, 2, y, seed=1)
+    assert _solve_jit._cache_size() == before  # nothing was compiled (or run)
