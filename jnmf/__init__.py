@@ -3,6 +3,8 @@
 from . import datasets, graph, tl
 from ._assess import AssessResult, assess
 from ._chunked import nmf_chunked
+from ._consensus import ConsensusResult, consensus
+from ._cv import CVResult, cross_validate
 from ._data import DenseData, HostSparseData, SparseData
 from ._features import (
     apply_l1_l2,
@@ -46,6 +48,10 @@ from .graph import (
 
 __all__ = [
     "AssessResult",
+    "CVResult",
+    "ConsensusResult",
+    "consensus",
+    "cross_validate",
     "assess",
     "Config",
     "DenseData",
