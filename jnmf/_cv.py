@@ -146,8 +146,9 @@ def choose_k(ks: Any, test_mse: Any, rule: str = "min") -> int:
         raise ValueError(f"test_mse must be (len(ks), replicates) = ({ks.size}, R), got shape {T.shape}")
     if rule not in ("min", "1se"):
         raise ValueError(f"rule must be 'min' or '1se', got {rule!r}")
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(np.where(np.isfinite(T), T, np.nan), axis=1)
+    finite = np.isfinite(T)
+    counts = finite.sum(axis=1)
+    mean = np.where(counts > 0, np.where(finite, T, 0.0).sum(axis=1) / np.maximum(counts, 1), np.nan)
     if not np.any(np.isfinite(mean)):
         raise ValueError("no finite test error to choose a rank from")
     best = int(np.nanargmin(mean))
