@@ -56,9 +56,11 @@ __all__ = ["CVResult", "cross_validate", "holdout_mask", "splitmix64_w", "choose
 
 _HIGHEST = lax.Precision.HIGHEST
 # pad="auto" pads while the padded grid costs at most this many times the per-rank programs' arithmetic
-# (the per-column Gram matrices, O(m n k^2) per iteration). Measured on hawaiibirds (2-core CPU, float32,
-# ks = 2..11, 3 replicates): padded grid 1 compile + run vs 10 per-rank programs; see experiments/bench_choose_k.py.
-_PAD_MAX_RATIO = 4.0
+# (the per-column Gram matrices, O(m n k^2) per iteration). Measured on hawaiibirds (2-core CPU, float32, ks 2..11
+# x 10 replicates, ratio 2.4): padded 58.5 s cold / 49.0 s warm, one program per rank 49.0 / 20.6 s (a vmap also
+# runs every member to the slowest one's iteration count, and a wide padded grid has the widest spread), so
+# padding pays on CPU only for ranks close together (e.g. 8..12, ratio 1.4).
+_PAD_MAX_RATIO = 1.5
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _FORBIDDEN = {
     "seed": "use seeds= (one per replicate)",
