@@ -3,6 +3,8 @@
 from . import datasets, graph, tl
 from ._assess import AssessResult, assess
 from ._chunked import nmf_chunked
+from ._consensus import ConsensusResult, consensus
+from ._cv import CVResult, cross_validate
 from ._data import DataLayout, DenseData, HostSparseData, ShardedSparseData, SparseData, estimate_memory
 from ._guided import GuidedFit, guided_nmf
 from ._inmf import INMFModel, inmf, quantile_norm
@@ -47,6 +49,10 @@ from .graph import (
 
 __all__ = [
     "AssessResult",
+    "CVResult",
+    "ConsensusResult",
+    "consensus",
+    "cross_validate",
     "assess",
     "Config",
     "DataLayout",
