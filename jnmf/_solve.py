@@ -171,7 +171,8 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
             The sparse path runs in O(nnz k) memory and time per product, never forming the dense matrix: on CPU
             a compiled CSR kernel called from the jit-compiled fit (``HostSparseData``; reverse-mode
             differentiable, not forward-mode), on accelerators XLA gathers (``SparseData``).
-        k: rank, ``1 <= k <= min(m, n)``.
+        k: rank, ``1 <= k <= min(m, n)``; ``"auto"`` chooses it by ``cross_validate`` over 2..min(20, m-1, n-1)
+            with three replicates (``_cv.auto_rank``; RcppML's ``k = "auto"``), then fits at that rank.
         tol, maxit: stop when the relative change of the total squared error stays below ``tol`` for 5
             consecutive iterations (RcppML's rule), or after ``maxit`` iterations.
         seed: an int reproduces RcppML exactly (R's ``set.seed(seed); runif(m*k)``, column-major); a
@@ -223,6 +224,11 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
     ~5e-5 relative); the sort by d is stable; the sparse fused-CD iteration-0 quirk is not reproduced (x starts
     at 0); targets are validated; the W target works.
     """
+    if isinstance(k, str) and k == "auto":  # RcppML's k = "auto": the rank cross-validation picks
+        from ._cv import auto_rank
+
+        FitOptions.of("nmf", options)  # unknown options are refused before the cross-validation runs
+        k = auto_rank(A, **{name: value for name, value in options.items() if name not in ("target_H", "target_W")})
     model = solve(prepare(A, k, **options))
     check_finite(model)
     return model

@@ -150,3 +150,16 @@ def test_validation_names_the_argument(kwargs, match):
     A = _low_rank()
     with pytest.raises((ValueError, TypeError), match=match):
         jnmf.cross_validate(A, **kwargs)
+
+
+def test_nmf_k_auto_fits_the_cross_validated_rank():
+    from jnmf._cv import auto_rank
+
+    rng = np.random.default_rng(4)
+    A = np.abs(rng.normal(size=(6, 3))) @ np.abs(rng.normal(size=(3, 40))) + 0.01 * rng.random((6, 40))
+    with jax.enable_x64(True):
+        k = auto_rank(A, seed=2, maxit=30)
+        model = jnmf.nmf(A, "auto", seed=2, maxit=30)
+    assert 2 <= k <= 5 and model.k == k
+    with pytest.raises(TypeError, match="unexpected keyword argument 'maxiter'"):
+        jnmf.nmf(A, "auto", maxiter=3)

@@ -80,8 +80,10 @@ def test_hawaiibirds_grid_equals_loop_of_nmf_fits(hawaiibirds, hawaii_ref):
 
 
 def test_float32_grid_differs_from_single_fits_only_at_tol_ties(hawaiibirds, hawaii_ref):
-    """In float32, batched and single products round differently (~1 ulp); a member may then stop one iteration
-    apart from nmf(), but only when its relative loss change came within rounding of tol."""
+    """In float32, batched and single products round differently (~1 ulp); a member may then stop apart from nmf(),
+    but only when a relative loss change near its stop came within rounding of tol. One such tie resets one run's
+    patience counter (5 consecutive changes below tol) and not the other's, so the stops can differ by up to the
+    patience: on this machine lambda = 0.013 stops at 75 (nmf) and 77 (sweep), with the old engine as with this one."""
     A, T = hawaiibirds.A, hawaii_ref["target_T"]
     lams = np.linspace(-0.3, 0.3, 24)
     result = jnmf.sweep(A, 8, target_lambda=lams, seeds=42, target_H=T, removal="project")
@@ -95,10 +97,11 @@ def test_float32_grid_differs_from_single_fits_only_at_tol_ties(hawaiibirds, haw
             np.testing.assert_allclose(np.asarray(result.model.d[i]), np.asarray(single.d), rtol=2e-4)
             continue
         ties += 1
-        assert abs(a - b) == 1
+        assert abs(a - b) <= 5  # the patience
         history = np.asarray(single.loss_history[:a], np.float64)
         rel = np.abs(np.diff(history)) / np.abs(history[:-1])
-        assert np.min(np.abs(rel / 1e-4 - 1.0)) < 0.02
+        window = rel[max(min(a, b) - 1 - 5, 0):]  # the changes the patience counter looked at near both stops
+        assert np.min(np.abs(window / 1e-4 - 1.0)) < 0.02
     assert ties <= len(lams) // 4
 
 
