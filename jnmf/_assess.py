@@ -480,8 +480,188 @@ def glm_logit_fit(
     return coef, used
 
 
+def _dqrls_batch_py(xt, yw, tol, b, pivot, rank):  # pragma: no cover - compiled by numba
+    """``_dqrls`` for a batch of systems, in place: xt (q, p, n) = the transposed model matrices (overwritten), yw
+    (q, n) right-hand sides (overwritten by Q'y); fills b (q, p) (pivoted order), pivot (q, p), rank (q,).
+
+    The statements of ``_dqrdc2`` / ``_dqrls`` on rows of xt (a column of x is a contiguous row here), with every dot
+    product through ``np.dot`` (the BLAS ddot that numpy's ``@`` calls) and the axpy updates written as the same
+    one-multiply-one-add per element: no fastmath, so the results are those of the NumPy functions, bitwise.
+    """
+    nsys, p, n = xt.shape
+    for s in range(nsys):
+        x = xt[s]
+        qraux = np.empty(p)
+        for j in range(p):
+            qraux[j] = math.sqrt(np.dot(x[j], x[j]))
+        work1 = qraux.copy()
+        work2 = qraux.copy()
+        for j in range(p):
+            if work2[j] == 0.0:
+                work2[j] = 1.0
+        jpvt = np.arange(p)
+        k = p + 1
+        tmp = np.empty(n)
+        for l in range(min(n, p)):
+            while not (l + 1 >= k or qraux[l] >= work2[l] * tol):
+                # move column l to the end (np.roll(arr[l:], -1) in the NumPy port)
+                jl, q0, w10, w20 = jpvt[l], qraux[l], work1[l], work2[l]
+                tmp[:] = x[l]
+                for j in range(l, p - 1):
+                    jpvt[j] = jpvt[j + 1]
+                    qraux[j] = qraux[j + 1]
+                    work1[j] = work1[j + 1]
+                    work2[j] = work2[j + 1]
+                    x[j, :] = x[j + 1, :]
+                jpvt[p - 1], qraux[p - 1], work1[p - 1], work2[p - 1] = jl, q0, w10, w20
+                x[p - 1, :] = tmp
+                k -= 1
+            if l + 1 == n:
+                continue
+            xl = x[l, l:]
+            nrmxl = math.sqrt(np.dot(xl, xl))
+            if nrmxl == 0.0:
+                continue
+            if x[l, l] != 0.0:
+                nrmxl = math.copysign(nrmxl, x[l, l])
+            r = 1.0 / nrmxl
+            for i in range(l, n):
+                x[l, i] *= r
+            x[l, l] = 1.0 + x[l, l]
+            for j in range(l + 1, p):
+                t = -np.dot(x[l, l:], x[j, l:]) / x[l, l]
+                for i in range(l, n):
+                    x[j, i] += t * x[l, i]
+                if qraux[j] != 0.0:
+                    v = abs(x[j, l]) / qraux[j]
+                    tt = 1.0 - v * v
+                    if tt < 0.0:
+                        tt = 0.0
+                    if abs(tt) >= 1e-6:
+                        qraux[j] = qraux[j] * math.sqrt(tt)
+                    else:
+                        rest = x[j, l + 1 :]
+                        qraux[j] = math.sqrt(np.dot(rest, rest))
+                        work1[j] = qraux[j]
+            qraux[l] = x[l, l]
+            x[l, l] = -nrmxl
+        rk = min(k - 1, n)
+        # dqrsl: Q'y, then back-substitution over the first rk (pivoted) columns
+        qty = yw[s]
+        for j in range(min(rk, n - 1)):
+            if qraux[j] != 0.0:
+                diag = x[j, j]
+                x[j, j] = qraux[j]
+                t = -np.dot(x[j, j:], qty[j:]) / x[j, j]
+                for i in range(j, n):
+                    qty[i] += t * x[j, i]
+                x[j, j] = diag
+        bs = b[s]
+        bs[:] = 0.0
+        bs[:rk] = qty[:rk]
+        for j in range(rk - 1, -1, -1):
+            if x[j, j] == 0.0:
+                break
+            bs[j] = bs[j] / x[j, j]
+            if j > 0:
+                nb = -bs[j]
+                for i in range(j):
+                    bs[i] += nb * x[j, i]
+        pivot[s, :] = jpvt
+        rank[s] = rk
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _dqrls_batch(xt, yw, tol):
+    """Compiled (numba, cached on disk, on first use) batch of ``_dqrls``: returns (b (q, p), pivot (q, p), rank (q,))."""
+    fn = _COMPILED.get("dqrls")
+    if fn is None:
+        import numba
+
+        fn = _COMPILED["dqrls"] = numba.njit(cache=True, nogil=True)(_dqrls_batch_py)
+    q, p, _ = xt.shape
+    b = np.zeros((q, p))
+    pivot = np.zeros((q, p), dtype=np.int64)
+    rank = np.zeros(q, dtype=np.int64)
+    fn(xt, yw, float(tol), b, pivot, rank)
+    return b, pivot, rank
+
+
+def glm_logit_fit_many(
+    x: np.ndarray, y: np.ndarray, epsilon: float = 1e-8, maxit: int = 25
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``glm_logit_fit`` for q responses on one model matrix at once (one-vs-rest), with the same numbers.
+
+    x: (n, p) model matrix; y: (q, n) in {0, 1}. The IRLS elementwise steps run on (active, n) arrays (NumPy's ufuncs
+    are elementwise, so each row rounds as in a 1-D call) and the weighted least-squares steps in the compiled
+    ``_dqrls_batch``; a response leaves the batch at the iteration where its own fit would stop. Returns
+    (coefficients (q, p), pivot (q, p), rank (q,)); response r's ``used`` columns are ``pivot[r, :rank[r]]``.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    q, n = y.shape
+    p = x.shape[1]
+    xt = np.ascontiguousarray(x.T)
+    tol = min(1e-7, epsilon / 1000.0)
+    mu = (y + 0.5) / 2.0
+    eta = np.log(mu / (1.0 - mu))
+    mu = _logit_linkinv(eta)
+    devold = _binomial_deviance_rows(y, mu)
+    coef = np.zeros((q, p))
+    pivot = np.tile(np.arange(p), (q, 1))
+    rank = np.full(q, p, dtype=np.int64)
+    act = np.arange(q)
+    for _ in range(maxit):
+        if act.size == 0:
+            break
+        e, m_, ya = eta[act], mu[act], y[act]
+        mu_eta = _logit_mu_eta(e)
+        z = e + (ya - m_) / mu_eta
+        w = np.sqrt((mu_eta * mu_eta) / (m_ * (1.0 - m_)))
+        b, piv, rk = _dqrls_batch(xt[None, :, :] * w[:, None, :], z * w, tol)
+        ok = np.all(np.isfinite(b), axis=1)  # glm.fit: "non-finite coefficients" keeps the previous iterate
+        act, b, piv, rk = act[ok], b[ok], piv[ok], rk[ok]
+        if act.size == 0:
+            break
+        start = np.zeros((act.size, p))
+        np.put_along_axis(start, piv, b, axis=1)
+        eta_new = np.zeros((act.size, n))
+        for j in range(p):
+            eta_new += start[:, j, None] * x[None, :, j]
+        mu_new = _logit_linkinv(eta_new)
+        dev = _binomial_deviance_rows(y[act], mu_new)
+        eta[act], mu[act], coef[act], pivot[act], rank[act] = eta_new, mu_new, start, piv, rk
+        conv = np.abs(dev - devold[act]) / (np.abs(dev) + 0.1) < epsilon
+        devold[act] = dev
+        act = act[~conv]
+    return coef, pivot, rank
+
+
+def _binomial_deviance_rows(y: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """``_binomial_deviance`` of each row of y, mu (q, n): (q,), long-double sums left to right."""
+    r = np.where(y == 1.0, np.log(1.0 / mu), np.log(1.0 / (1.0 - mu)))
+    return _ld_cumsum_last(2.0 * r, axis=-1).astype(np.float64)
+
+
 def _lr_predict(x_tr, y_tr, x_te, n_classes):
     """One-vs-rest glm per class; probabilities row-normalised (zero rows left as is); argmax (first max)."""
+    xm_tr = np.column_stack([np.ones(x_tr.shape[0]), x_tr])
+    xm_te = np.column_stack([np.ones(x_te.shape[0]), x_te])
+    prob = np.zeros((x_te.shape[0], n_classes))
+    onehot = (y_tr[None, :] == np.arange(n_classes)[:, None]).astype(np.float64)
+    coefs, pivots, ranks = glm_logit_fit_many(xm_tr, onehot)
+    for c in range(n_classes):
+        used = pivots[c, : ranks[c]]
+        prob[:, c] = _logit_linkinv(_seq_matvec(xm_te[:, used], coefs[c, used]))
+    rs = _r_rowsums(prob)
+    rs[rs == 0] = 1.0
+    prob = prob / rs[:, None]
+    return prob.argmax(1), prob
+
+
+def _lr_predict_reference(x_tr, y_tr, x_te, n_classes):
+    """``_lr_predict`` one class at a time through the NumPy ``glm_logit_fit`` (the oracle of the tests)."""
     xm_tr = np.column_stack([np.ones(x_tr.shape[0]), x_tr])
     xm_te = np.column_stack([np.ones(x_te.shape[0]), x_te])
     prob = np.zeros((x_te.shape[0], n_classes))
