@@ -35,6 +35,7 @@ CLASSIFIERS = ("knn", "lr", "rf")
 _CLF_FIELDS = ("accuracy", "f1", "precision", "recall", "auroc")
 _LD = np.longdouble
 _DBL_EPS = float(np.finfo(np.float64).eps)
+_COMPILED: dict[str, Any] = {}  # numba kernels, compiled (or loaded from the disk cache) on first use
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,6 +218,131 @@ def normalized_mutual_info(labels_true: np.ndarray, labels_pred: np.ndarray) -> 
     return 0.0 if denom == 0 else mi / denom
 
 
+# R's rowSums/mean accumulate in long double, which numba cannot do; NumPy's long double is slow (casts dominate).
+# The compiled path computes each sum in double-double (Sum2: exact to ~n^2 2^-106), and keeps the double rounding
+# of it only where that is provably the rounding of R's long-double result: when the double-double value lies
+# farther from every rounding midpoint between doubles than the long-double algorithm's own error bound. The few
+# other entries (~1-5%) are recomputed by the NumPy long-double code, so the numbers are those of that code.
+_LD_U = float(np.finfo(np.longdouble).eps) / 2.0  # unit roundoff of the long-double accumulator (2^-64 on x86)
+
+
+def _ld_kernels_py():  # pragma: no cover - compiled by numba
+    import numba
+
+    @numba.njit(inline="always")
+    def two_sum(a, b):
+        s = a + b
+        bb = s - a
+        return s, (a - (s - bb)) + (b - bb)
+
+    @numba.njit(inline="always")
+    def certified(hi, rem, bound):
+        # RN(value) == hi for every value within bound of hi + rem iff no midpoint between doubles lies in range
+        if hi == 0.0:
+            return rem == 0.0 and bound == 0.0
+        up = (np.nextafter(hi, np.inf) - hi) * 0.5
+        down = (hi - np.nextafter(hi, -np.inf)) * 0.5
+        return rem + bound < up and rem - bound > -down
+
+    @numba.njit(cache=True, nogil=True)
+    def sqdist(x, r, u, out, flag):
+        # out[i, b] = RN(sum_j (r[b, j] - x[i, j])^2) as long-double rowSums would round it, or flag[i, b]
+        m, k = x.shape
+        for i in range(m):
+            for b in range(r.shape[0]):
+                s = 0.0
+                c = 0.0
+                for j in range(k):
+                    d = r[b, j] - x[i, j]
+                    s, e = two_sum(s, d * d)
+                    c += e
+                hi = s + c
+                rem = (s - hi) + c
+                # sequential sum of k non-negative terms: |error| <= (k - 1) u S; margins for the dd error
+                bound = (k + 1) * u * hi + hi * 2.0**-90
+                out[i, b] = hi
+                flag[i, b] = not certified(hi, rem, bound)
+
+    @numba.njit(cache=True, nogil=True)
+    def rowmean(x, u, out, flag):
+        # out[i] = R's two-pass long-double mean of the non-negative row x[i], or flag[i]
+        m, n = x.shape
+        split = 134217729.0  # 2^27 + 1, Dekker's splitter
+        for i in range(m):
+            s = 0.0
+            c = 0.0
+            for j in range(n):
+                s, e = two_sum(s, x[i, j])
+                c += e
+            sh = s + c
+            sl = (s - sh) + c
+            q = sh / n
+            # exact q * n = p + pe (Dekker), so that the quotient's remainder is exact
+            t = split * q
+            qh = t - (t - q)
+            ql = q - qh
+            t = split * n
+            nh = t - (t - n)
+            nl = n - nh
+            pr = q * n
+            pe = ((qh * nh - pr) + qh * nl + ql * nh) + ql * nl
+            ql2 = (((sh - pr) - pe) + sl) / n
+            hi = q + ql2
+            rem = (q - hi) + ql2
+            mad = 0.0
+            for j in range(n):
+                mad += abs(x[i, j] - hi)
+            mad = mad / n * 1.01
+            # two-pass mean: |error| <= u (|mean| + (n + 2) (mean |x - s0|)), s0 within n u |mean| of the mean
+            bound = u * (1.01 * hi + (n + 2) * (mad + n * u * hi)) + hi * 2.0**-90
+            out[i] = hi
+            flag[i] = not certified(hi, rem, bound)
+
+    return sqdist, rowmean
+
+
+def _mean_dists(x: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Mean Euclidean distance of each row of x (n, k) to the rows of r (s, k), as `_mean_dists_reference` (bitwise).
+
+    d_ib = sqrt(rowSums((r_b - x_i)^2)), mean_i = R's mean(d_i.), both sums in R's long double.
+    """
+    fns = _COMPILED.get("ld")
+    if fns is None:
+        fns = _COMPILED["ld"] = _ld_kernels_py()
+    sqdist, rowmean = fns
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    r = np.ascontiguousarray(r, dtype=np.float64)
+    n = x.shape[0]
+    d2 = np.empty((n, r.shape[0]))
+    flag = np.empty((n, r.shape[0]), dtype=np.bool_)
+    sqdist(x, r, _LD_U, d2, flag)
+    ii, bb = np.nonzero(flag)
+    if ii.size:
+        diffs = r[bb] - x[ii]
+        d2[ii, bb] = _r_rowsums(diffs * diffs)
+    dists = np.sqrt(np.maximum(d2, 0.0))
+    out = np.empty(n)
+    rflag = np.empty(n, dtype=np.bool_)
+    rowmean(dists, _LD_U, out, rflag)
+    rows = np.flatnonzero(rflag)
+    if rows.size:
+        out[rows] = _r_mean(dists[rows], axis=1)
+    return out
+
+
+def _mean_dists_reference(x: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """`_mean_dists` in NumPy long double, chunked (the oracle of the tests)."""
+    n = x.shape[0]
+    out = np.empty(n)
+    chunk = max(1, 4_000_000 // max(1, r.shape[0] * x.shape[1]))
+    for lo in range(0, n, chunk):
+        xi = x[lo : lo + chunk]
+        diffs = r[None, :, :] - xi[:, None, :]
+        dists = np.sqrt(np.maximum(_r_rowsums(diffs * diffs), 0.0))
+        out[lo : lo + chunk] = _r_mean(dists, axis=1)
+    return out
+
+
 def _approx_silhouette(emb: np.ndarray, codes: np.ndarray, spc: int, seed: int) -> float:
     """RcppML's sampled silhouette: a_i, b_i are mean distances to <= spc random members of each class.
 
@@ -234,13 +360,8 @@ def _approx_silhouette(emb: np.ndarray, codes: np.ndarray, spc: int, seed: int) 
         refs.append(emb[idx[rng.sample_int(idx.size, s) - 1]])
     n = emb.shape[0]
     mean_d = np.empty((n, classes.size))
-    chunk = max(1, 4_000_000 // max(1, max(r.shape[0] for r in refs) * emb.shape[1]))
-    for lo in range(0, n, chunk):
-        xi = emb[lo : lo + chunk]
-        for ci, r in enumerate(refs):
-            diffs = r[None, :, :] - xi[:, None, :]
-            dists = np.sqrt(np.maximum(_r_rowsums(diffs * diffs), 0.0))
-            mean_d[lo : lo + chunk, ci] = _r_mean(dists, axis=1)
+    for ci, r in enumerate(refs):
+        mean_d[:, ci] = _mean_dists(emb, r)
     pos = np.searchsorted(classes, codes)
     a = mean_d[np.arange(n), pos]
     other = mean_d.copy()
@@ -339,18 +460,43 @@ def _clf_metrics(pred: np.ndarray, truth: np.ndarray, prob: np.ndarray, n_classe
     }
 
 
+def _knn_d2_py(x_tr, x_te, sq_tr, sq_te, out):  # pragma: no cover - compiled by numba
+    for i in range(x_te.shape[0]):
+        for b in range(x_tr.shape[0]):
+            dot = 0.0
+            for j in range(x_tr.shape[1]):
+                dot += x_tr[b, j] * x_te[i, j]
+            out[i, b] = sq_tr[b] - 2.0 * dot + sq_te[i]
+
+
+def _knn_d2(x_tr: np.ndarray, x_te: np.ndarray) -> np.ndarray:
+    """(n_te, n_tr) squared distances ||b||^2 - 2 a.b + ||a||^2, the norms summed in long double like R's rowSums
+    and a.b summed over features in order (as the column-by-column NumPy update did; compiled, no fastmath)."""
+    fn = _COMPILED.get("knn")
+    if fn is None:
+        import numba
+
+        fn = _COMPILED["knn"] = numba.njit(cache=True, nogil=True)(_knn_d2_py)
+    x_tr = np.ascontiguousarray(x_tr, dtype=np.float64)
+    x_te = np.ascontiguousarray(x_te, dtype=np.float64)
+    out = np.empty((x_te.shape[0], x_tr.shape[0]))
+    fn(x_tr, x_te, _r_rowsums(x_tr * x_tr), _r_rowsums(x_te * x_te), out)
+    return out
+
+
 def _knn_predict(x_tr, y_tr, x_te, k, n_classes):
     """Unweighted kNN on squared Euclidean distance ||a||^2 - 2 a.b + ||b||^2 (RcppML's formula, so distance ties
     fall the same way); neighbours by stable order (lower train index first), vote ties to the lowest class."""
     k = min(k, x_tr.shape[0])
-    dots = np.zeros((x_te.shape[0], x_tr.shape[0]))
-    for j in range(x_tr.shape[1]):
-        dots += x_tr[None, :, j] * x_te[:, j, None]
-    d2 = _r_rowsums(x_tr * x_tr)[None, :] - 2.0 * dots + _r_rowsums(x_te * x_te)[:, None]
-    nn = np.argsort(d2, axis=1, kind="stable")[:, :k]
-    lab = y_tr[nn]
-    votes = np.zeros((x_te.shape[0], n_classes))
-    np.add.at(votes, (np.repeat(np.arange(x_te.shape[0]), k), lab.ravel()), 1.0)
+    d2 = _knn_d2(x_tr, x_te)
+    # The k first entries of a stable argsort, as a set (all the votes need), without sorting whole rows: every
+    # distance below the k-th smallest, then the lowest-index ties at it.
+    thr = np.partition(d2, k - 1, axis=1)[:, k - 1 : k]
+    less = d2 < thr
+    ties = d2 == thr
+    sel = less | (ties & (np.cumsum(ties, axis=1) <= k - less.sum(1, keepdims=True)))
+    onehot = (y_tr[:, None] == np.arange(n_classes)[None, :]).astype(np.float64)
+    votes = sel.astype(np.float64) @ onehot  # counts of 0/1 products: exact
     return votes.argmax(1), votes / k
 
 
@@ -571,11 +717,9 @@ def _dqrls_batch_py(xt, yw, tol, b, pivot, rank):  # pragma: no cover - compiled
         rank[s] = rk
 
 
-_COMPILED: dict[str, Any] = {}
-
 
 def _dqrls_batch(xt, yw, tol):
-    """Compiled (numba, cached on disk, on first use) batch of ``_dqrls``: returns (b (q, p), pivot (q, p), rank (q,))."""
+    """Compiled batch of ``_dqrls`` (numba, disk-cached, on first use): (b (q, p), pivot (q, p), rank (q,))."""
     fn = _COMPILED.get("dqrls")
     if fn is None:
         import numba

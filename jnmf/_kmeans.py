@@ -514,12 +514,31 @@ def r_unique_rows(x: np.ndarray) -> np.ndarray:
     R's ``unique.matrix`` compares rows through ``paste(row, collapse="\\r")``, i.e. each value printed with 15
     significant digits, so rows equal to 15 digits count as duplicates there; mimicked here for identical starts.
     """
-    seen: dict[tuple[str, ...], int] = {}
+    xa = np.asarray(x, dtype=np.float64)
+    if xa.shape[0] == 0 or xa.shape[1] == 0:
+        return np.arange(min(xa.shape[0], 1), dtype=np.int64)  # no rows, or one empty row repeated
+    # Only rows whose first value prints like another row's first value can be duplicates: format the full rows of
+    # those alone (formatting every value costs ~0.1 s on 2,600 x 15).
+    first = [format(v + 0.0, ".15g") for v in xa[:, 0].tolist()]
+    _, inv, cnt = np.unique(np.asarray(first), return_inverse=True, return_counts=True)
+    shared = cnt[inv] > 1
+    if not shared.any():
+        return np.arange(xa.shape[0], dtype=np.int64)
+    cand = np.flatnonzero(shared)
+    keep = np.ones(xa.shape[0], dtype=bool)
+    keep[cand] = False
+    keep[_unique_rows_by_text(xa[cand], cand)] = True
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def _unique_rows_by_text(xa: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``index`` of the rows of xa whose 15-digit text is new, in order."""
+    seen: set[tuple[str, ...]] = set()
     keep = []
-    for i, row in enumerate(np.asarray(x, dtype=np.float64)):
+    for i, row in zip(index.tolist(), xa.tolist(), strict=True):
         key = tuple(format(v + 0.0, ".15g") for v in row)
         if key not in seen:
-            seen[key] = i
+            seen.add(key)
             keep.append(i)
     return np.asarray(keep, dtype=np.int64)
 
