@@ -75,8 +75,9 @@ def nnls_bpp(
     tr = jnp.maximum(jnp.abs(jnp.trace(G)), jnp.finfo(dtype).tiny)
     jitter = 10 * eps * tr  # relative to the mean eigenvalue: k eps tr(G) / k, with a margin
     if X0 is None:
-        X_unc = _masked_solve(G, B, jnp.ones((k, p), bool), jitter)
-        F = X_unc > 0
+        # one factorisation of G shared by all columns (not the batched masked solve)
+        L = jnp.linalg.cholesky(G + jitter * jnp.eye(k, dtype=dtype))
+        F = jax.scipy.linalg.cho_solve((L, True), B) > 0
     else:
         F = jnp.asarray(X0) > 0
     absG = jnp.abs(G)
