@@ -12,6 +12,9 @@ from scipy.optimize import nnls
 from jnmf._bpp import nnls_bpp
 from jnmf._nnls import cholesky_clip
 
+# One compiled function per shape: an eager call would compile the while loop anew each time.
+_bpp = jax.jit(nnls_bpp, static_argnames=("max_iter", "block", "return_info"))
+
 
 def _problem(k, p, cond, seed):
     """A (n, k) with cond(A'A) = ``cond`` (None: Gaussian 2k x k), Yb (n, p); G = A'A, B = A'Yb."""
@@ -42,9 +45,9 @@ def _x64():
 def test_equals_scipy_nnls_float64(k, cond):
     p = 40 if k < 200 else 8
     a, yb, g, b = _problem(k, p, cond, seed=k)
-    x, steps = nnls_bpp(jnp.asarray(g), jnp.asarray(b), return_info=True)
+    x, steps = _bpp(jnp.asarray(g), jnp.asarray(b), block=16, return_info=True)  # several blocks, buckets
     x = np.asarray(x)
-    assert x.dtype == np.float64 and x.shape == (k, p) and int(steps) < 100
+    assert x.dtype == np.float64 and x.shape == (k, p) and int(steps) < max(100, 3 * k)
     ref = np.stack([nnls(a, yb[:, j], maxiter=50 * k)[0] for j in range(p)], axis=1)
     # objective to 1e-10 relative of its scale; x itself to 1e-8 relative (cond 1e6 amplifies rounding in x)
     scale = np.abs(_objective(g, b, ref)) + 1e-300
@@ -59,25 +62,25 @@ def test_equals_scipy_nnls_float64(k, cond):
 
 
 def test_warm_start_and_default_start_agree_and_warm_is_not_slower():
-    _, _, g, b = _problem(30, 60, None, seed=1)
+    _, _, g, b = _problem(12, 60, None, seed=1)
     g, b = jnp.asarray(g), jnp.asarray(b)
-    cold, n_cold = nnls_bpp(g, b, return_info=True)
-    warm, n_warm = nnls_bpp(g, b, cold + 0.0, return_info=True)  # the optimal support: one solve, one check
+    cold, n_cold = _bpp(g, b, return_info=True)
+    warm, n_warm = _bpp(g, b, cold + 0.0, return_info=True)  # the optimal support: one solve, one check
     np.testing.assert_allclose(np.asarray(warm), np.asarray(cold), rtol=1e-12, atol=1e-14)
     assert int(n_warm) == 1 and int(n_warm) <= int(n_cold)
-    zero, _ = nnls_bpp(g, b, jnp.zeros_like(b), return_info=True)  # Kim & Park's start: empty passive sets
+    zero, _ = _bpp(g, b, jnp.zeros_like(b), return_info=True)  # Kim & Park's start: empty passive sets
     np.testing.assert_allclose(np.asarray(zero), np.asarray(cold), rtol=1e-10, atol=1e-12)
 
 
 def test_jit_and_vmap_match_the_plain_call():
     gs, bs = [], []
     for s in range(3):
-        _, _, g, b = _problem(12, 25, None if s else 1e4, seed=10 + s)
+        _, _, g, b = _problem(16, 20, None if s else 1e4, seed=10 + s)  # k >= 16: size buckets (lax.switch)
         gs.append(g)
         bs.append(b)
     gs, bs = jnp.asarray(np.stack(gs)), jnp.asarray(np.stack(bs))
-    plain = np.stack([np.asarray(nnls_bpp(gs[i], bs[i])) for i in range(3)])
-    jitted = np.asarray(jax.jit(nnls_bpp)(gs[0], bs[0]))
+    plain = np.stack([np.asarray(_bpp(gs[i], bs[i])) for i in range(3)])
+    jitted = np.asarray(jax.jit(lambda g, b: nnls_bpp(g, b, block=7))(gs[0], bs[0]))  # other blocking, same x
     vmapped = np.asarray(jax.jit(jax.vmap(nnls_bpp))(gs, bs))
     np.testing.assert_allclose(jitted, plain[0], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(vmapped, plain, rtol=1e-12, atol=1e-13)
@@ -89,7 +92,7 @@ def test_jit_and_vmap_match_the_plain_call():
 @pytest.mark.parametrize("cond", [None, 1e3])
 def test_float32_objective_within_float32_resolution_of_scipy(cond):
     a, yb, g, b = _problem(50, 80, cond, seed=3)
-    x = nnls_bpp(jnp.asarray(g, jnp.float32), jnp.asarray(b, jnp.float32))
+    x = _bpp(jnp.asarray(g, jnp.float32), jnp.asarray(b, jnp.float32))
     assert x.dtype == jnp.float32
     x = np.asarray(x, dtype=np.float64)
     ref = np.stack([nnls(a, yb[:, j], maxiter=5000)[0] for j in range(80)], axis=1)
@@ -105,12 +108,20 @@ def test_float32_objective_within_float32_resolution_of_scipy(cond):
     assert np.mean(_objective(g, b, x) < _objective(g, b, clip) - 1e-6 * scale) > 0.5
 
 
+def test_small_k_single_size_and_block_of_one():
+    a, yb, g, b = _problem(7, 9, None, seed=8)
+    ref = np.stack([nnls(a, yb[:, j])[0] for j in range(9)], axis=1)
+    for block in (1, 4, None):
+        x = np.asarray(_bpp(jnp.asarray(g), jnp.asarray(b), block=block))
+        np.testing.assert_allclose(x, ref, rtol=0, atol=1e-10 * np.abs(ref).max())
+
+
 def test_degenerate_inputs():
     # b <= 0 everywhere: x = 0; one column exactly at the unconstrained optimum; a zero right-hand side.
     _, _, g, _ = _problem(6, 1, None, seed=4)
     x_star = np.abs(np.random.default_rng(4).normal(size=6)) + 0.1
     b = np.stack([-np.abs(np.ones(6)), g @ x_star, np.zeros(6)], axis=1)
-    x = np.asarray(nnls_bpp(jnp.asarray(g), jnp.asarray(b)))
+    x = np.asarray(_bpp(jnp.asarray(g), jnp.asarray(b)))
     np.testing.assert_array_equal(x[:, 0], 0.0)
     np.testing.assert_allclose(x[:, 1], x_star, rtol=1e-12)
     np.testing.assert_array_equal(x[:, 2], 0.0)
@@ -120,7 +131,7 @@ def test_degenerate_inputs():
     a = np.column_stack([a, a[:, 0]])
     yb = rng.normal(size=(20, 10))
     g, b = a.T @ a, a.T @ yb
-    x = np.asarray(nnls_bpp(jnp.asarray(g), jnp.asarray(b)))
+    x = np.asarray(_bpp(jnp.asarray(g), jnp.asarray(b)))
     ref = np.stack([nnls(a, yb[:, j])[0] for j in range(10)], axis=1)
     assert np.all(x >= 0) and np.all(np.isfinite(x))
     np.testing.assert_allclose(_objective(g, b, x), _objective(g, b, ref), rtol=1e-9, atol=1e-12)
