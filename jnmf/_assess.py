@@ -245,19 +245,29 @@ def _ld_kernels_py():  # pragma: no cover - compiled by numba
         return rem + bound < up and rem - bound > -down
 
     @numba.njit(cache=True, nogil=True)
-    def sqdist(x, r, u, out, flag):
-        # out[i, b] = RN(sum_j (r[b, j] - x[i, j])^2) as long-double rowSums would round it, or flag[i, b]
+    def sqdist(x, rt, u, out, flag):
+        # out[i, b] = RN(sum_j (rt[j, b] - x[i, j])^2) as long-double rowSums would round it, or flag[i, b].
+        # The references b are the innermost loop (independent accumulators, so it vectorises without any
+        # reassociation); each sum still runs over j in order.
         m, k = x.shape
+        nr = rt.shape[1]
+        s = np.empty(nr)
+        c = np.empty(nr)
         for i in range(m):
-            for b in range(r.shape[0]):
-                s = 0.0
-                c = 0.0
-                for j in range(k):
-                    d = r[b, j] - x[i, j]
-                    s, e = two_sum(s, d * d)
-                    c += e
-                hi = s + c
-                rem = (s - hi) + c
+            s[:] = 0.0
+            c[:] = 0.0
+            for j in range(k):
+                xij = x[i, j]
+                for b in range(nr):
+                    d = rt[j, b] - xij
+                    t = d * d
+                    sb = s[b] + t
+                    bb = sb - s[b]
+                    c[b] += (s[b] - (sb - bb)) + (t - bb)
+                    s[b] = sb
+            for b in range(nr):
+                hi = s[b] + c[b]
+                rem = (s[b] - hi) + c[b]
                 # sequential sum of k non-negative terms: |error| <= (k - 1) u S; margins for the dd error
                 bound = (k + 1) * u * hi + hi * 2.0**-90
                 out[i, b] = hi
@@ -315,7 +325,7 @@ def _mean_dists(x: np.ndarray, r: np.ndarray) -> np.ndarray:
     n = x.shape[0]
     d2 = np.empty((n, r.shape[0]))
     flag = np.empty((n, r.shape[0]), dtype=np.bool_)
-    sqdist(x, r, _LD_U, d2, flag)
+    sqdist(x, np.ascontiguousarray(r.T), _LD_U, d2, flag)
     ii, bb = np.nonzero(flag)
     if ii.size:
         diffs = r[bb] - x[ii]
@@ -460,13 +470,19 @@ def _clf_metrics(pred: np.ndarray, truth: np.ndarray, prob: np.ndarray, n_classe
     }
 
 
-def _knn_d2_py(x_tr, x_te, sq_tr, sq_te, out):  # pragma: no cover - compiled by numba
+def _knn_d2_py(xt_tr, x_te, sq_tr, sq_te, out):  # pragma: no cover - compiled by numba
+    # training points innermost (independent accumulators: vectorised without reassociation); each dot product
+    # still sums over features in order
+    n_tr = xt_tr.shape[1]
+    dot = np.empty(n_tr)
     for i in range(x_te.shape[0]):
-        for b in range(x_tr.shape[0]):
-            dot = 0.0
-            for j in range(x_tr.shape[1]):
-                dot += x_tr[b, j] * x_te[i, j]
-            out[i, b] = sq_tr[b] - 2.0 * dot + sq_te[i]
+        dot[:] = 0.0
+        for j in range(xt_tr.shape[0]):
+            xij = x_te[i, j]
+            for b in range(n_tr):
+                dot[b] += xt_tr[j, b] * xij
+        for b in range(n_tr):
+            out[i, b] = sq_tr[b] - 2.0 * dot[b] + sq_te[i]
 
 
 def _knn_d2(x_tr: np.ndarray, x_te: np.ndarray) -> np.ndarray:
@@ -480,7 +496,7 @@ def _knn_d2(x_tr: np.ndarray, x_te: np.ndarray) -> np.ndarray:
     x_tr = np.ascontiguousarray(x_tr, dtype=np.float64)
     x_te = np.ascontiguousarray(x_te, dtype=np.float64)
     out = np.empty((x_te.shape[0], x_tr.shape[0]))
-    fn(x_tr, x_te, _r_rowsums(x_tr * x_tr), _r_rowsums(x_te * x_te), out)
+    fn(np.ascontiguousarray(x_tr.T), x_te, _r_rowsums(x_tr * x_tr), _r_rowsums(x_te * x_te), out)
     return out
 
 
