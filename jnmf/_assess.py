@@ -470,49 +470,58 @@ def _clf_metrics(pred: np.ndarray, truth: np.ndarray, prob: np.ndarray, n_classe
     }
 
 
-def _knn_d2_py(xt_tr, x_te, sq_tr, sq_te, out):  # pragma: no cover - compiled by numba
-    # training points innermost (independent accumulators: vectorised without reassociation); each dot product
-    # still sums over features in order
+def _knn_votes_py(xt_tr, x_te, sq_tr, sq_te, y_tr, k, votes):  # pragma: no cover - compiled by numba
+    """votes[i, c] += 1 for each of the k nearest training points of x_te[i] with label c (see _knn_predict)."""
     n_tr = xt_tr.shape[1]
     dot = np.empty(n_tr)
+    best_d = np.empty(k)
+    best_i = np.empty(k, np.int64)
     for i in range(x_te.shape[0]):
+        # training points innermost (independent accumulators: vectorised without reassociation); each dot
+        # product still sums over features in order, as the column-by-column NumPy update did
         dot[:] = 0.0
         for j in range(xt_tr.shape[0]):
             xij = x_te[i, j]
             for b in range(n_tr):
                 dot[b] += xt_tr[j, b] * xij
+        # the first k of a stable argsort: insertion into a sorted list of k, after every equal distance
+        cnt = 0
         for b in range(n_tr):
-            out[i, b] = sq_tr[b] - 2.0 * dot[b] + sq_te[i]
-
-
-def _knn_d2(x_tr: np.ndarray, x_te: np.ndarray) -> np.ndarray:
-    """(n_te, n_tr) squared distances ||b||^2 - 2 a.b + ||a||^2, the norms summed in long double like R's rowSums
-    and a.b summed over features in order (as the column-by-column NumPy update did; compiled, no fastmath)."""
-    fn = _COMPILED.get("knn")
-    if fn is None:
-        import numba
-
-        fn = _COMPILED["knn"] = numba.njit(cache=True, nogil=True)(_knn_d2_py)
-    x_tr = np.ascontiguousarray(x_tr, dtype=np.float64)
-    x_te = np.ascontiguousarray(x_te, dtype=np.float64)
-    out = np.empty((x_te.shape[0], x_tr.shape[0]))
-    fn(np.ascontiguousarray(x_tr.T), x_te, _r_rowsums(x_tr * x_tr), _r_rowsums(x_te * x_te), out)
-    return out
+            v = sq_tr[b] - 2.0 * dot[b] + sq_te[i]
+            if cnt < k:
+                pos = cnt
+                cnt += 1
+            elif v < best_d[k - 1]:
+                pos = k - 1
+            else:
+                continue
+            while pos > 0 and best_d[pos - 1] > v:
+                best_d[pos] = best_d[pos - 1]
+                best_i[pos] = best_i[pos - 1]
+                pos -= 1
+            best_d[pos] = v
+            best_i[pos] = b
+        for t in range(k):
+            votes[i, y_tr[best_i[t]]] += 1.0
 
 
 def _knn_predict(x_tr, y_tr, x_te, k, n_classes):
     """Unweighted kNN on squared Euclidean distance ||a||^2 - 2 a.b + ||b||^2 (RcppML's formula, so distance ties
-    fall the same way); neighbours by stable order (lower train index first), vote ties to the lowest class."""
+    fall the same way); neighbours by stable order (lower train index first), vote ties to the lowest class.
+
+    The norms are summed in long double (R's rowSums), a.b over features in order; compiled (numba, no fastmath).
+    """
     k = min(k, x_tr.shape[0])
-    d2 = _knn_d2(x_tr, x_te)
-    # The k first entries of a stable argsort, as a set (all the votes need), without sorting whole rows: every
-    # distance below the k-th smallest, then the lowest-index ties at it.
-    thr = np.partition(d2, k - 1, axis=1)[:, k - 1 : k]
-    less = d2 < thr
-    ties = d2 == thr
-    sel = less | (ties & (np.cumsum(ties, axis=1) <= k - less.sum(1, keepdims=True)))
-    onehot = (y_tr[:, None] == np.arange(n_classes)[None, :]).astype(np.float64)
-    votes = sel.astype(np.float64) @ onehot  # counts of 0/1 products: exact
+    fn = _COMPILED.get("knn")
+    if fn is None:
+        import numba
+
+        fn = _COMPILED["knn"] = numba.njit(cache=True, nogil=True)(_knn_votes_py)
+    x_tr = np.ascontiguousarray(x_tr, dtype=np.float64)
+    x_te = np.ascontiguousarray(x_te, dtype=np.float64)
+    votes = np.zeros((x_te.shape[0], n_classes))
+    fn(np.ascontiguousarray(x_tr.T), x_te, _r_rowsums(x_tr * x_tr), _r_rowsums(x_te * x_te),
+       np.ascontiguousarray(y_tr, dtype=np.int64), k, votes)
     return votes.argmax(1), votes / k
 
 

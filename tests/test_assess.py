@@ -470,7 +470,7 @@ def test_compiled_mean_distances_are_bitwise_the_long_double_ones():
         np.testing.assert_array_equal(A._mean_dists(x, r), A._mean_dists_reference(x, r))
 
 
-def test_knn_partition_selection_keeps_the_stable_order_ties():
+def test_knn_top_k_selection_keeps_the_stable_order_ties():
     # integer features: many exact distance ties at the k-th neighbour, resolved to the lowest training index
     rng = np.random.default_rng(10)
     x_tr = rng.integers(0, 3, size=(90, 2)).astype(float)
