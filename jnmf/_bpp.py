@@ -6,9 +6,9 @@ convention of ``nnls_cd``. ``nnls_cd`` reaches the optimum only asymptotically (
 infeasible variables in blocks; each step solves ``G_FF x_F = b_F`` exactly, so it ends at the KKT point
 (``x >= 0``, ``y = Gx - b >= 0``, ``x_i y_i = 0``) after a few steps, typically 2-6 from a warm start.
 
-Fixed shapes for XLA: every column carries its own passive mask, and the passive systems of all columns are solved
-at once as the k x k systems ``(G masked to F x F, identity on the complement) x = b masked to F``, by one batched
-Cholesky factorisation; finished columns keep their mask (their solve is repeated unchanged until all are done).
+Fixed shapes for XLA: every column carries its own passive mask; the passive systems of a block of columns are
+solved at once as the padded systems ``(G_FF, identity on the complement) x = b masked to F`` of one static size
+(G_FF gathered into k/4, k/2, 3k/4 or k), by one batched LU solve; only unfinished columns are solved again.
 """
 
 from __future__ import annotations
