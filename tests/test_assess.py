@@ -403,3 +403,99 @@ def test_non_finite_embedding_is_rejected(monkeypatch):
     emb[3, 1] = np.nan
     with pytest.raises(ValueError, match="x: the embedding has 1 non-finite"):
         jnmf.assess(emb, labels)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# compiled fast paths against the NumPy / pure-Python ports they replace (kept in the modules as oracles)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _clustered(n, k, n_classes, seed):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    centres = rng.gamma(1.0, size=(n_classes, k))
+    return np.abs(centres[y] + rng.normal(scale=0.7, size=(n, k))), y
+
+
+def test_compiled_hartigan_wong_is_bitwise_the_python_port():
+    from jnmf._kmeans import _hartigan_wong_python, r_unique_rows
+
+    for seed, (n, k, c) in enumerate([(300, 6, 7), (240, 4, 2), (200, 12, 25)]):
+        x, _ = _clustered(n, k, c, seed)
+        x[:5] = x[5:10]  # duplicated rows
+        cn = x[r_unique_rows(x)]
+        rng = RRandom(seed)
+        for _ in range(3):
+            start = cn[rng.sample_int(cn.shape[0], c) - 1]
+            fast, ref = hartigan_wong(x, start), _hartigan_wong_python(x, start)
+            assert (fast.iter, fast.ifault) == (ref.iter, ref.ifault)
+            for f in ("cluster", "centers", "withinss", "size"):
+                np.testing.assert_array_equal(getattr(fast, f), getattr(ref, f), err_msg=f)
+    # iter_max = 1 stops early: the non-convergence warning and ifault survive the port
+    x, _ = _clustered(400, 5, 8, 9)
+    with pytest.warns(RuntimeWarning, match="did not converge in 1 iterations"):
+        assert hartigan_wong(x, x[:8], iter_max=1).ifault == 2
+    with pytest.raises(RuntimeError, match="empty cluster"):
+        hartigan_wong(x, np.vstack([x[:2], x[:1] + 1e6]))
+
+
+def test_batched_glm_is_bitwise_the_per_class_fit():
+    # 12 classes on 150 samples: many one-vs-rest fits separate (coefficients run off, glm stops on its own rule);
+    # an aliased and a constant column make dqrdc2 pivot.
+    x, y = _clustered(150, 5, 12, 3)
+    x = np.column_stack([x, 2.0 * x[:, 0], np.zeros(150)])
+    xs = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
+    xm = np.column_stack([np.ones(150), xs])
+    onehot = (y[None, :] == np.arange(12)[:, None]).astype(np.float64)
+    coefs, pivots, ranks = A.glm_logit_fit_many(xm, onehot)
+    assert set(ranks.tolist()) == {6} and all(set(p[:6]) == {0, 1, 2, 3, 4, 5} for p in pivots)
+    for c in range(12):
+        coef, used = A.glm_logit_fit(xm, onehot[c])
+        np.testing.assert_array_equal(coefs[c], coef)
+        np.testing.assert_array_equal(pivots[c, : ranks[c]], used)
+    tr = np.arange(150) % 4 != 0
+    fast = A._lr_predict(xs[tr], y[tr], xs[~tr], 12)
+    ref = A._lr_predict_reference(xs[tr], y[tr], xs[~tr], 12)
+    np.testing.assert_array_equal(fast[0], ref[0])
+    np.testing.assert_array_equal(fast[1], ref[1])
+
+
+def test_compiled_mean_distances_are_bitwise_the_long_double_ones():
+    # Includes integer-valued rows (exact sums, ties), zeros, and enough entries that the certified-rounding
+    # fallback to NumPy long double is taken (~1-3 % of sums).
+    x, _ = _clustered(400, 9, 4, 4)
+    ints = np.random.default_rng(5).integers(0, 3, size=(60, 9)).astype(float)
+    x = np.vstack([x, ints, np.zeros((3, 9))])
+    for r in (x[::3], ints, x[:1]):
+        np.testing.assert_array_equal(A._mean_dists(x, r), A._mean_dists_reference(x, r))
+
+
+def test_knn_top_k_selection_keeps_the_stable_order_ties():
+    # integer features: many exact distance ties at the k-th neighbour, resolved to the lowest training index
+    rng = np.random.default_rng(10)
+    x_tr = rng.integers(0, 3, size=(90, 2)).astype(float)
+    y_tr = rng.integers(0, 3, 90)
+    x_te = rng.integers(0, 3, size=(30, 2)).astype(float)
+    pred, prob = A._knn_predict(x_tr, y_tr, x_te, 7, 3)
+    for i in range(30):
+        d = ((x_tr - x_te[i]) ** 2).sum(1)
+        nn = sorted(range(90), key=lambda j: (d[j], j))[:7]
+        votes = np.bincount(y_tr[nn], minlength=3)
+        np.testing.assert_array_equal(prob[i], votes / 7)
+        assert pred[i] == int(np.argmax(votes))
+
+
+def test_unique_rows_prefilter_agrees_with_formatting_every_row():
+    from jnmf._kmeans import r_unique_rows
+
+    x, _ = _clustered(200, 4, 3, 11)
+    x = np.vstack([x, x[:20] * (1 + 1e-16), x[20:30] + 1e-9, -np.zeros((2, 4)), np.zeros((2, 4))])
+    x[-5, 0] = x[0, 0]  # same first value, different row
+    x = x[np.random.default_rng(12).permutation(x.shape[0])]
+    seen, want = set(), []
+    for i, row in enumerate(x):
+        key = tuple(format(v + 0.0, ".15g") for v in row)
+        if key not in seen:
+            seen.add(key)
+            want.append(i)
+    assert r_unique_rows(x).tolist() == want
