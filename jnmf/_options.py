@@ -22,7 +22,7 @@ from . import _validate as V
 from ._penalties import target_gram
 from ._rrng import r_runif_matrix
 
-SOLVERS = ("auto", "cholesky", "cd")
+SOLVERS = ("auto", "cholesky", "cd", "bpp", "rcppml")
 NORMS = ("L1", "L2", "none")
 REMOVALS = ("scatter", "proj_adv", "project")
 LOOPS = ("while", "scan")
@@ -81,13 +81,29 @@ def check_dtype(dtype: Any, name: str = "dtype") -> Any:
     return dtype
 
 
-def resolve_solver(solver: str, k: int, L1: Any = (0.0, 0.0), scatter: bool = False) -> str:
-    """The NNLS solver of a fit. ``"auto"`` is RcppML's rule, Cholesky-then-clip when k < 32 and no L1 is asked for,
-    else coordinate descent, except that a scatter removal always takes CD: its majorize-minimize updates descend
-    only with an exact NNLS. ``L1`` may be a pair or a grid of pairs (any non-zero entry counts)."""
+def resolve_solver(solver: str, k: int, L1: Any = (0.0, 0.0), scatter: bool = False, *, nonneg: Any = (True, True),
+                   masked: bool = False, loop: str = "while", batched: bool = False) -> str:
+    """The NNLS solver of a fit.
+
+    ``"rcppml"`` is RcppML's rule: Cholesky-then-clip when k < 32 and no L1 is asked for, else its coordinate
+    descent (100 sweeps at most; in float32 it always runs them all). ``"auto"`` is RcppML's rule for k < 32 (so
+    RcppML's fits are reproduced; a scatter removal takes CD there, as its majorize-minimize updates descend only
+    with an exact NNLS) and the exact block principal pivoting NNLS (``"bpp"``, ``_bpp.nnls_bpp``) from k = 32 on,
+    2.7-3.9x faster than CD per update at k = 50-100, except where BPP does not apply: ``nonneg=False``, masked
+    fits (one Gram matrix per column), ``loop="scan"`` (BPP is not reverse-differentiable) and batched grids
+    (``sweep``: under vmap BPP computes every system size, and its batched LAPACK solves can starve jaxlib's CPU
+    thread pool, the deadlock noted in ``cholesky_clip``), which keep CD.
+    ``L1`` may be a pair or a grid of pairs (any non-zero entry counts).
+    """
     any_l1 = bool(np.any(np.asarray(L1, np.float64) != 0))
+    if solver == "rcppml":
+        return "cholesky" if k < 32 and not any_l1 else "cd"
     if solver == "auto":
-        return "cholesky" if k < 32 and not any_l1 and not scatter else "cd"
+        if k < 32:
+            return "cholesky" if not any_l1 and not scatter else "cd"
+        return "bpp" if all(nonneg) and not masked and loop == "while" and not batched else "cd"
+    if solver == "bpp" and not all(nonneg):
+        raise ValueError("solver='bpp' solves non-negative least squares; with nonneg=False use solver='cd'")
     if solver == "cholesky" and any_l1:
         raise ValueError("solver='cholesky' does not support L1 (it needs an exact NNLS); use solver='cd'")
     if solver == "cholesky" and scatter:
@@ -309,7 +325,8 @@ class FitOptions:
             raise ValueError("norm='none' cannot be used with a scatter removal (remove=, or removal='scatter' with a "
                              "negative target_lambda): the penalty is not scale-invariant, so W's scale must be "
                              "pinned (norm='L1' or 'L2')")
-        solver = resolve_solver(self.solver, k, L1 if L1_grid is None else L1_grid, scatter)
+        solver = resolve_solver(self.solver, k, L1 if L1_grid is None else L1_grid, scatter, nonneg=nonneg,
+                                masked=masked, loop=self.loop, batched=L1_grid is not None or lambda_grid is not None)
 
         if self.w_init is not None and self.seed is not None:
             raise ValueError("give either seed or w_init, not both")

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ._bpp import nnls_bpp
 from ._model import NMFModel
 from ._nnls import cholesky_clip, nnls_cd, nnls_step
 from ._options import Config, Hyper
@@ -46,6 +47,14 @@ def nnls(G: jax.Array, B: jax.Array, X_prev: jax.Array, warm: jax.Array, nonneg:
         if G.ndim == 2:
             return cholesky_clip(G, B, nonneg=nonneg)
         return jax.vmap(lambda G_j, b: cholesky_clip(G_j, b, nonneg=nonneg), out_axes=1)(G, B.T)
+    if config.solver == "bpp":
+        # Only the support of the start is used: the previous iterate, or at the first iteration the columns' own
+        # positive right-hand sides (the coordinates whose gradient at 0 points into the feasible set).
+        start = jnp.where(warm, X_prev, B)
+        if G.ndim == 2:
+            return nnls_bpp(G, B, start)
+        return jax.vmap(lambda G_j, b, x: nnls_bpp(G_j, b[:, None], x[:, None])[:, 0], in_axes=(0, 1, 1),
+                        out_axes=1)(G, B, start)
     X0 = jnp.where(warm, X_prev, jnp.zeros_like(X_prev))
     kw = dict(nonneg=nonneg, cd_maxit=config.cd_maxit, cd_tol=hyper.cd_tol, differentiable=config.loop == "scan")
     if G.ndim == 2:

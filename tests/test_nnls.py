@@ -5,6 +5,7 @@ import pytest
 from jax import enable_x64
 from scipy.optimize import nnls as scipy_nnls
 
+import jnmf
 from jnmf import apply_l1_l2, cholesky_clip, gram, nnls_cd, nnls_step, scale_rows
 
 
@@ -95,3 +96,26 @@ def test_gram_penalties_and_scaling():
     np.testing.assert_array_equal(np.asarray(X3), np.asarray(X))
     with pytest.raises(ValueError, match="norm"):
         scale_rows(X, "max")
+
+
+def test_auto_takes_exact_bpp_from_k_32_and_rcppml_keeps_its_rule():
+    import jax
+
+    rng = np.random.default_rng(3)
+    A = np.abs(rng.normal(size=(80, 60)))
+    assert jnmf.prepare(A, 8, seed=1).config.solver == "cholesky"  # RcppML's rule below k = 32
+    assert jnmf.prepare(A, 8, seed=1, L1=0.1).config.solver == "cd"
+    assert jnmf.prepare(A, 40, seed=1).config.solver == "bpp"
+    assert jnmf.prepare(A, 40, seed=1, solver="rcppml").config.solver == "cd"
+    assert jnmf.prepare(A, 8, seed=1, solver="rcppml").config.solver == "cholesky"
+    assert jnmf.prepare(A, 40, seed=1, nonneg=(True, False)).config.solver == "cd"
+    assert jnmf.prepare(A, 40, seed=1, loop="scan").config.solver == "cd"
+    with pytest.raises(ValueError, match="solver='bpp' solves non-negative"):
+        jnmf.prepare(A, 40, seed=1, solver="bpp", nonneg=False)
+    with jax.enable_x64(True):
+        bpp = jnmf.nmf(A, 40, seed=1, maxit=25, tol=0.0)
+        cd = jnmf.nmf(A, 40, seed=1, maxit=25, tol=0.0, solver="cd", cd_maxit=500, cd_tol=1e-12)
+    hist = np.asarray(bpp.loss_history)
+    # exact NNLS half-steps: the squared error never increases, and matches converged CD
+    assert np.all(np.diff(hist) <= 1e-10 * hist[:-1])
+    np.testing.assert_allclose(hist, np.asarray(cd.loss_history), rtol=1e-6)
