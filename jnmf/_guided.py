@@ -69,7 +69,7 @@ def guided_nmf(A: Any, k: int, labels: Any = None, *, target_lambda: float = 0.1
     V.check_choice(guidance, "guidance", GUIDANCE)
     V.check_choice(removal, "removal", REMOVALS)
     lam = V.check_real(target_lambda, "target_lambda", low=0.0)
-    n = np.shape(A)[1] if not hasattr(A, "shape") else A.shape[1]
+    n = np.shape(A)[1]
     if labels is not None:
         check_labels(labels, n)
     if labels is None and remove is None:

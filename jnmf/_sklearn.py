@@ -28,6 +28,7 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, v
 
 from ._guided import check_labels, guided_nmf
 from ._model import NMFModel
+from ._options import resolve_solver
 from ._project import project
 from ._solve import nmf
 from ._targets import label_codes
@@ -313,9 +314,8 @@ class GuidedNMF(NMF):
             raise ValueError(f"y should be a 1d array of labels, got shape {y.shape}")
         check_consistent_length(A.T, y)
         codes, levels = check_labels(y, A.shape[1], name="y")
-        if self.guidance == "remove" and self.removal == "scatter" and self.solver == "cholesky":
-            raise ValueError("solver='cholesky' is not an exact NNLS, so removal='scatter' would not descend its "
-                             "objective; use solver='cd'")
+        # The guided fit's solver rule, checked before the base fit runs.
+        resolve_solver(self.solver, k, self.L1, scatter=self.guidance == "remove" and self.removal == "scatter")
         fit = guided_nmf(A, k, y, target_lambda=self.target_lambda, guidance=self.guidance, removal=self.removal,
                          whiten=self.whiten, seed=self._seed(), **self._nmf_kwargs())
         base, model = fit.base, fit.model

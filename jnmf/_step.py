@@ -125,14 +125,14 @@ def h_half(config: Config, hyper: Hyper, data: Any, state: State, G_TH: jax.Arra
 
 
 def w_half(config: Config, hyper: Hyper, state: State, d_H: jax.Array, H: jax.Array, rhs: jax.Array,
-           grams: jax.Array | None, sq_norm: jax.Array | None, G_TW: jax.Array | None = None
-           ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+           grams: jax.Array | None, sq_norm: jax.Array | None, G_TW: jax.Array | None = None,
+           observed_sse: Any = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """The W half: NNLS for the raw W' given the unit-scaled H (k, n) and ``rhs = H A'`` (k, m) (``grams``: the
     per-row Gram matrices (m, k, k) of masked data), its scaling, and the loss → (d, unit-scaled W', loss).
 
-    The loss is the SSE by the Gram identity (None for masked data, whose observed SSE the caller forms from A),
-    plus ``sum lam R(diag(d) h)`` with scatter penalties. Their scale d, which this update sets, is part of the
-    penalty: ``R = sum_f s_f^2 R_f(h)`` with ``s_f`` W's column sum (``norm="L1"``) or norm (``"L2"``). For L2 that
+    The loss is the SSE by the Gram identity, or ``observed_sse(diag(d) W', H)`` for masked data (None when the
+    caller forms it later from A: chunked fits), plus ``sum lam R(diag(d) h)`` with scatter penalties. Their scale
+    d, which this update sets, is part of the penalty: ``R = sum_f s_f^2 R_f(h)`` with ``s_f`` W's column sum (``norm="L1"``) or norm (``"L2"``). For L2 that
     is the ridge ``lam R_f |w_f|^2``; for L1, ``(1'w_f)^2`` is majorized at the current W by its tangent plus
     ``m |w_f - w0_f|^2`` (its curvature is at most m), which keeps the update row-separable and monotone.
     """
@@ -155,21 +155,13 @@ def w_half(config: Config, hyper: Hyper, state: State, d_H: jax.Array, H: jax.Ar
     X = penalized_solve(G0, rhs, 0, start, state.n_iter > 0, config, hyper,
                         hyper.target_W if config.target_W else None, G_TW, W0, extra)
     d, W = scale_rows(X, config.norm)
-    loss = None if grams is not None else gram_identity_sse(sq_norm, d, W, G0, rhs)
-    if scatter and loss is not None:
-        loss = loss + penalty(d, c)
+    if grams is None:
+        loss = gram_identity_sse(sq_norm, d, W, G0, rhs)
+    else:
+        loss = None if observed_sse is None else observed_sse(d[:, None] * W, H)
+    if scatter and loss is not None:  # the scatter penalties of the model (W, diag(d) h): sum_f d_f^2 c_f
+        loss = loss + jnp.sum(d * d * c)
     return d, W, loss
-
-
-def penalty(d: jax.Array, c: jax.Array) -> jax.Array:
-    """``sum_f d_f^2 c_f``: the scatter penalties of the model (W, diag(d) h) with ``c_f = sum lam R_f(h)``."""
-    return jnp.sum(d * d * c)
-
-
-def scatter_weights(config: Config, hyper: Hyper, H: jax.Array) -> jax.Array:
-    """``c_f = sum over scatter penalties of lam R_f(h)`` (k,) for the unit-scaled H, 0 without penalties."""
-    scatter = scatter_penalties(config, hyper)
-    return sum((lam * group_scatter(H, Y) for lam, Y in scatter), jnp.zeros(H.shape[0], H.dtype))
 
 
 def gram_identity_sse(sq_norm, d, W, G_w, B_w):
@@ -183,11 +175,9 @@ def step(problem: Any, state: State, G_TH: jax.Array | None = None, G_TW: jax.Ar
     """One outer iteration on in-memory data: ``h_half``, ``w_half``, the loss, ``advance``."""
     config, hyper, data = problem.config, problem.hyper, problem.data
     d_H, H = h_half(config, hyper, data, state, G_TH)
+    # Masked data: the SSE over observed entries, formed directly (the Gram identity would need per-entry weights).
     d, W, loss = w_half(config, hyper, state, d_H, H, data.right(H), data.right_grams(H) if config.masked else None,
-                        problem.sq_norm, G_TW)
-    if config.masked:
-        # SSE over observed entries; the Gram identity would need a per-entry weight, so form it directly.
-        loss = data.observed_sse(d[:, None] * W, H) + penalty(d, scatter_weights(config, hyper, H))
+                        problem.sq_norm, G_TW, data.observed_sse if config.masked else None)
     return advance(state, W, H, d, loss, hyper.tol, config.patience)
 
 

@@ -156,11 +156,9 @@ def _grid_values(value: Any, name: str, **bounds: Any) -> tuple[np.ndarray, bool
     raise ValueError(f"{name} must be a scalar, a 1-D grid or an (n, 2) grid of (W, H) pairs, got shape {arr.shape}")
 
 
-def _initial_ws(kind: str, value: Any, problem: Problem) -> tuple[jax.Array, Any]:
+def _initial_ws(kind: str, value: Any, is_axis: bool, problem: Problem) -> tuple[jax.Array, Any]:
     """(S, m, k) initial W stack in the problem's dtype, and the values of the seed axis (or None when fixed)."""
     m, k = problem.w_init.shape
-    is_axis = {"int": np.ndim(value) == 1, "key": np.ndim(value) == 1, "rawkey": np.ndim(value) == 2,
-               "matrix": np.ndim(value) == 3}.get(kind, False)
     if not is_axis:
         return problem.w_init[None], None
     stack = initial_w(kind, value, m, k, problem.w_init.dtype)
@@ -357,7 +355,7 @@ def sweep(
     # Everything else is validated as prepare() does, and "auto" picks the solver for the whole grid.
     problem = build_problem(A, k, FitOptions.of("sweep", {**init, **options}), L1_grid=l1_pairs,
                             lambda_grid=lam_pairs)
-    w0s, seed_values = _initial_ws(kind, seed_value, problem)
+    w0s, seed_values = _initial_ws(kind, seed_value, seed_axis, problem)
 
     axes: dict[str, Any] = {}
     sizes = []

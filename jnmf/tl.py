@@ -120,16 +120,20 @@ def nmf(
     params = {"k": int(k), "layer": layer, "labels_key": labels_key, "batch_key": batch_key, **guided,
               "seed": seed if isinstance(seed, numbers.Integral) else f"<{type(seed).__name__}>",
               **_plain(nmf_options)}
-    adata.uns[key_added] = {
-        "d": np.asarray(model.d),
+    adata.uns[key_added] = {"d": np.asarray(model.d), **_record(model, params)}
+    return adata if copy else None
+
+
+def _record(model: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """A fit's ``uns`` entry: iterations, loss and its history, convergence, and the params (h5ad cannot store
+    None: unset options are left out)."""
+    return {
         "iter": int(model.iter),
         "loss": float(model.loss),
         "loss_history": np.asarray(model.loss_history),
         "converged": bool(model.converged),
-        # h5ad cannot store None: unset options are left out.
         "params": {name: value for name, value in params.items() if value is not None},
     }
-    return adata if copy else None
 
 
 def _plain(options: dict[str, Any]) -> dict[str, Any]:
@@ -231,14 +235,7 @@ def inmf(
               "ref_dataset": ref_dataset, "quantiles": quantiles, "min_cells": min_cells, "max_sample": max_sample,
               "seed": seed if isinstance(seed, numbers.Integral) else f"<{type(seed).__name__}>",
               **_plain(inmf_options)}
-    adata.uns[key_added] = {
-        "batches": [str(level) for level in levels],
-        "iter": int(model.iter),
-        "loss": float(model.loss),
-        "loss_history": np.asarray(model.loss_history),
-        "converged": bool(model.converged),
-        "params": {name: value for name, value in params.items() if value is not None},
-    }
+    adata.uns[key_added] = {"batches": [str(level) for level in levels], **_record(model, params)}
     return adata if copy else None
 
 
