@@ -133,8 +133,9 @@ def w_half(config: Config, hyper: Hyper, state: State, d_H: jax.Array, H: jax.Ar
     The loss is the SSE by the Gram identity, or ``observed_sse(diag(d) W', H)`` for masked data (None when the
     caller forms it later from A: chunked fits), plus ``sum lam R(diag(d) h)`` with scatter penalties. Their scale
     d, which this update sets, is part of the penalty: ``R = sum_f s_f^2 R_f(h)`` with ``s_f`` W's column sum
-    (``norm="L1"``) or norm (``"L2"``). For L2 that is the ridge ``lam R_f |w_f|^2``; for L1, ``(1'w_f)^2`` is majorized at the current W by its tangent plus
-    ``m |w_f - w0_f|^2`` (its curvature is at most m), which keeps the update row-separable and monotone.
+    (``norm="L1"``) or norm (``"L2"``). For L2 that is the ridge ``lam R_f |w_f|^2``; for L1, ``(1'w_f)^2`` is
+    majorized at the current W by its tangent plus ``m |w_f - w0_f|^2`` (its curvature is at most m), which keeps
+    the update row-separable and monotone.
     """
     scatter = scatter_penalties(config, hyper)
     W0 = d_H[:, None] * state.W  # the current raw W' of the model (W, diag(d_H) h)
