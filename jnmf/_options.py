@@ -276,6 +276,9 @@ class FitOptions:
                 import difflib
 
                 close = difflib.get_close_matches(name, sorted(names), n=1)
+                # difflib misses abbreviations ("tolerance" for "tol"): a known name that starts the unknown one
+                close = close or [known for known in sorted(names, key=len, reverse=True) if name.startswith(known)
+                                  and len(known) >= 3][:1]
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise TypeError(f"{where}() got an unexpected keyword argument {name!r}{hint}")
         return cls(**options)

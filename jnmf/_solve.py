@@ -232,7 +232,7 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
 
         FitOptions.of("nmf", options)  # unknown options are refused before the cross-validation runs
         k = auto_rank(A, **{name: value for name, value in options.items() if name not in ("target_H", "target_W")})
-    model = solve(prepare(A, k, **options))
+    model = solve(build_problem(A, k, FitOptions.of("nmf", options)))
     check_finite(model)
     return model
 

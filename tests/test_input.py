@@ -273,3 +273,45 @@ def test_nmf_accepts_dia_with_negative_padding():
     _assert_same_snapshot(before, _snapshot(A))
     ref = jnmf.nmf(canonical_sparse(A, np.float32), 2, layout="sparse", seed=1, maxit=5)
     np.testing.assert_array_equal(np.asarray(model.w), np.asarray(ref.w))
+
+
+@pytest.mark.parametrize("sparse_kernel", ["host", "ell"])
+def test_dense_and_sparse_layouts_differ_only_by_float32_summation_order(sparse_kernel):
+    # The battery's 1.1e-3 dense-vs-sparse gap: in float64 the layouts agree to rounding, so what float32 shows is
+    # the order of summation in the products; the README states the float32 tolerance this test holds.
+    import jax
+
+    A = sp.random(120, 300, density=0.15, random_state=1, format="csr", dtype=np.float64)
+    with jax.enable_x64(True):
+        dense = jnmf.nmf(A, 6, seed=42, layout="dense", dtype=np.float64)
+        sparse = jnmf.nmf(A, 6, seed=42, layout="sparse", sparse_kernel=sparse_kernel, dtype=np.float64)
+    assert int(dense.iter) == int(sparse.iter)
+    for f in ("w", "h"):
+        np.testing.assert_allclose(np.asarray(getattr(sparse, f)), np.asarray(getattr(dense, f)), rtol=0, atol=1e-12)
+    dense32 = jnmf.nmf(A, 6, seed=42, layout="dense")
+    sparse32 = jnmf.nmf(A, 6, seed=42, layout="sparse", sparse_kernel=sparse_kernel)
+    assert int(dense32.iter) == int(sparse32.iter)
+    h32, h = np.asarray(sparse32.h), np.asarray(dense32.h)
+    assert np.abs(h32 - h).max() <= 1e-4 * np.abs(h).max()
+
+
+def test_a_row_or_column_with_no_observed_entry_gets_zero_factors_and_changes_nothing_else():
+    # Documented rule (README, Input handling): its Gram matrix is 1e-15 I and its right-hand side 0, so its
+    # factor is 0, and it adds nothing to the other updates: the rest is the fit without it.
+    import jax
+
+    rng = np.random.default_rng(3)
+    X = rng.random((10, 8))
+    X[2, :] = np.nan
+    X[:, 5] = np.nan
+    X[rng.random(X.shape) < 0.1] = np.nan
+    w0 = rng.random((10, 3))
+    with jax.enable_x64(True):
+        model = jnmf.nmf(X, 3, w_init=w0, dtype=np.float64, maxit=30, tol=0.0, sort=False)
+        keep_r, keep_c = np.delete(np.arange(10), 2), np.delete(np.arange(8), 5)
+        ref = jnmf.nmf(X[np.ix_(keep_r, keep_c)], 3, w_init=w0[keep_r], dtype=np.float64, maxit=30, tol=0.0,
+                       sort=False)
+    w, h = np.asarray(model.w), np.asarray(model.h)
+    assert np.all(w[2] == 0) and np.all(h[:, 5] == 0)
+    np.testing.assert_allclose(w[keep_r], np.asarray(ref.w), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(h[:, keep_c], np.asarray(ref.h), rtol=1e-10, atol=1e-13)
