@@ -95,9 +95,22 @@ def _read_csv_columns(path: Path) -> dict[str, np.ndarray]:
 def load_hawaiibirds(data_dir: str | os.PathLike | None = None) -> Dataset:
     """Bird species frequencies on the Hawaiian islands (RcppML's ``hawaiibirds``).
 
-    ``A``: scipy CSC, 183 species x 1183 grid cells, float64 frequencies (30,815 non-zeros).
-    ``obs``: ``grid``, ``island`` (8 islands), ``lat``, ``lng`` per cell. ``var``: ``species``, ``status``, ``type``.
-    Looks in ``data_dir``, ``$JNMF_DATA_DIR``, then ``../shared/data`` (see the module docstring).
+    Parameters
+    ----------
+    data_dir : path-like, optional
+        The folder holding ``hawaiibirds.mtx``, ``hawaiibirds_samples.csv`` and ``hawaiibirds_species.csv``;
+        looked for after it: ``$JNMF_DATA_DIR``, then ``../shared/data`` (see the module docstring).
+
+    Returns
+    -------
+    Dataset
+        ``A``: scipy CSC, 183 species x 1183 grid cells, float64 frequencies (30,815 non-zeros). ``obs``:
+        ``grid``, ``island`` (8 islands), ``lat``, ``lng`` per cell. ``var``: ``species``, ``status``, ``type``.
+
+    Raises
+    ------
+    FileNotFoundError
+        The files are in none of the folders (the message names each, and ``--data-dir``).
 
     Examples
     --------
@@ -122,8 +135,16 @@ def load_hawaiibirds(data_dir: str | os.PathLike | None = None) -> Dataset:
 def load_digits() -> Dataset:
     """scikit-learn's handwritten digits as a (features x samples) data set that needs no download.
 
-    ``A``: scipy CSC, 64 pixels x 1797 images, grey levels 0..16. ``obs``: ``digit`` (the label, as a string
-    "0".."9" so it reads as a category). ``var``: ``pixel`` ("r{row}c{col}").
+    Returns
+    -------
+    Dataset
+        ``A``: scipy CSC, 64 pixels x 1797 images, grey levels 0..16. ``obs``: ``digit`` (the label, as a string
+        "0".."9" so it reads as a category). ``var``: ``pixel`` ("r{row}c{col}").
+
+    Examples
+    --------
+    >>> jnmf.datasets.load_digits().A.shape
+    (64, 1797)
     """
     from sklearn.datasets import load_digits as _sk_digits
 
@@ -135,7 +156,24 @@ def load_digits() -> Dataset:
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load a data set by name: ``"hawaiibirds"`` (files outside the repository) or ``"digits"`` (scikit-learn)."""
+    """Load a data set by name: ``"hawaiibirds"`` (files outside the package) or ``"digits"`` (scikit-learn).
+
+    Parameters
+    ----------
+    name : {"hawaiibirds", "digits"}
+        The data set.
+    data_dir : path-like, optional
+        Where the hawaiibirds files are (``load_hawaiibirds``); unused for digits.
+
+    Returns
+    -------
+    Dataset
+
+    Examples
+    --------
+    >>> jnmf.datasets.load("digits").obs["digit"][:3]
+    array(['0', '1', '2'], dtype=object)
+    """
     loaders = {"hawaiibirds": lambda: load_hawaiibirds(data_dir), "digits": load_digits}
     if name not in loaders:
         raise ValueError(f"data set name must be one of {sorted(loaders)}, got {name!r}")
