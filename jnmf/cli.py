@@ -550,4 +550,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m jnmf.cli` runs this file as __main__; the jobs import jnmf.cli, whose schema classes
+    # (Required, OneOf) must be the ones the checks compare with, so run the imported module's main.
+    from jnmf.cli import main as _main
+
+    sys.exit(_main())
