@@ -15,7 +15,7 @@ from ._log import logger as _logger  # noqa: F401  (attaches the "jnmf" logger's
 
 # public name -> private module that defines it ("" : the name is a submodule of jnmf)
 _LAZY: dict[str, tuple[str, ...]] = {
-    "": ("datasets", "graph", "pl", "tl"),
+    "": ("cli", "datasets", "graph", "pl", "tl"),
     "_assess": ("assess", "AssessResult"),
     "_chunked": ("nmf_chunked",),
     "_consensus": ("consensus", "ConsensusResult"),

@@ -11,9 +11,10 @@ matplotlib and umap-learn are optional (``pip install "jnmf[figures]"``) and imp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,8 @@ def factor_colors(k: int) -> np.ndarray:
     return np.asarray(colormaps["turbo"](np.linspace(0.03, 0.97, k)), np.float64)
 
 
-class Composition(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Composition:
     """Mean factor proportions per class: ``P`` (k, C), the class names ``levels`` (C) and sizes ``n`` (C)."""
 
     P: np.ndarray
