@@ -334,12 +334,30 @@ def _enable_compilation_cache(path: str | None) -> None:
 
 
 def check(config_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> tuple[dict, Any]:
-    """Read and validate a config without running anything; returns ``(config, experiment module)``.
+    """Read and validate a config without running anything.
+
+    Parameters
+    ----------
+    config_path : str or path
+        A shipped config's name (``"guided_nmf"``) or a TOML file.
+    data_dir : str or path, optional
+        An explicit data folder, which must exist.
+
+    Returns
+    -------
+    (dict, module)
+        The parsed config and the experiment module it names.
 
     Raises
     ------
     ConfigError
         Anything that would stop the run: the message names the file and the key.
+
+    Examples
+    --------
+    >>> config, job = jnmf.cli.check("guided_nmf_digits")  # doctest: +SKIP
+    >>> job.__name__  # doctest: +SKIP
+    'jnmf.jobs.guided_nmf'
     """
     config_path = resolve_config(config_path)
     try:
