@@ -240,7 +240,11 @@ class Reporter:
         self._log.write(line + "\n")
         self._log.flush()
         logging.getLogger("jnmf.cli").info(message)
-        if not self._quiet:
+        if self.verbose and "tqdm" in sys.modules:  # a bar may be on screen: tqdm.write prints above it
+            from tqdm.auto import tqdm
+
+            tqdm.write(line, file=sys.stdout)
+        elif not self._quiet:
             print(line, flush=True)
 
     @property

@@ -279,3 +279,20 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path):
     (tmp_path / ".out.lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
     cli.run(_fake_config(tmp_path, "after"), out, quiet=True, cache=False)
     assert (out / "results.json").read_text() == "after" and not (tmp_path / ".out.lock").exists()
+
+
+def test_verbose_reaches_the_job_and_its_progress_loops(tmp_path):
+    (tmp_path / "job.py").write_text(textwrap.dedent('''
+        from jnmf.cli import progress
+
+        def run(config, out_dir, data_dir, report):
+            seen = [i for i in progress(report, range(4), desc="steps", total=4)]
+            report(f"seen {seen}")
+            return {"verbose": report.verbose, "seen": seen}
+    '''))
+    (tmp_path / "job.toml").write_text('experiment = "job.py"\n')
+    for verbose, quiet in ((True, False), (False, False), (True, True)):
+        out = tmp_path / f"out-{verbose}-{quiet}"
+        result = cli.run(tmp_path / "job.toml", out, quiet=quiet, cache=False, verbose=verbose)
+        assert result == {"verbose": verbose and not quiet, "seen": [0, 1, 2, 3]}
+        assert "seen [0, 1, 2, 3]" in (out / "run.log").read_text()
