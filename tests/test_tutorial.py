@@ -32,4 +32,4 @@ def test_tutorial_runs(tmp_path):
     except ImportError:
         assert "skipped: needs scanpy" in out
     else:
-        assert "nmf_rm  cell types NMI" in out and (tmp_path / "tutorial_pbmc_phase.png").is_file()
+        assert "nmf_rm   cell types NMI" in out and (tmp_path / "tutorial_pbmc_phase.png").is_file()
