@@ -7,7 +7,7 @@ in 5-fold CV, w.r.t. island, RcppML's protocol) and the MSE ratio to the unguide
 spread over seeds. It tests the vignette's advice: "start with target_lambda = 0.10", "values above 0.15 can
 saturate", "MSE ratio above 3x suggests over-regularization".
 
-Run: ``python experiments/lambda_sweep.py [--config configs/lambda_sweep.toml] [--out results/lambda_sweep]``.
+Run: ``python experiments/lambda_sweep.py [--config experiments/lambda_sweep.toml] [--out results/lambda_sweep]``.
 Writes ``lambda_sweep.json`` (every member and the summary), ``lambda_sweep.md`` (table and findings) and
 ``lambda_sweep.png`` to ``--out``. Needs matplotlib for the plot.
 """
@@ -52,7 +52,7 @@ def score(model, A, labels, assess_cfg) -> dict:
 
 def run(cfg: dict) -> dict:
     data = jnmf.datasets.load_hawaiibirds(cfg["data"].get("dir"))
-    A, labels = data.A, data.obs[cfg["data"]["label"]]
+    A, labels = data.A, data.obs[cfg["data"]["labels"]]
     fit = {key: cfg["fit"][key] for key in ("tol", "maxit", "dtype")}
     k = cfg["fit"]["k"]
     lams = lambda_grid(cfg["grid"])
@@ -243,7 +243,7 @@ def plot(out: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "lambda_sweep.toml")
+    parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "lambda_sweep.toml")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: [output] dir)")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--report-only", action="store_true",

@@ -11,7 +11,7 @@ ratio to the unguided fit stays at most ``--max-mse-ratio`` (1.5). Class separat
   ``jax.value_and_grad`` through the fit. The tuned lambda is then refitted with ``jnmf.nmf`` (the usual
   stopping rule) and scored like the grid.
 
-Data, k, the target and the fit settings come from ``configs/lambda_sweep.toml``. Run:
+Data, k, the target and the fit settings come from ``experiments/lambda_sweep.toml``. Run:
 ``python experiments/tune_lambda.py [--max-mse-ratio 1.5] [--seeds 42 1 2] [--json PATH]``.
 """
 
@@ -94,7 +94,7 @@ def gradient_answer(A, k, T, labels, seed, budget, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "lambda_sweep.toml")
+    parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "lambda_sweep.toml")
     parser.add_argument("--max-mse-ratio", type=float, default=1.5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--grid-stop", type=float, default=0.3)
@@ -112,7 +112,7 @@ def main() -> None:
         jax.config.update("jax_enable_x64", True)
 
     data = jnmf.datasets.load_hawaiibirds(cfg["data"].get("dir"))
-    A, labels = data.A, data.obs[cfg["data"]["label"]]
+    A, labels = data.A, data.obs[cfg["data"]["labels"]]
     k = cfg["fit"]["k"]
     fit = {key: cfg["fit"][key] for key in ("tol", "maxit", "dtype")}
     base = jnmf.nmf(A, k, seed=cfg["target"]["seed"], **fit)

@@ -1,129 +1,72 @@
-"""jnmf: label-guided non-negative matrix factorization in JAX."""
+"""jnmf: label-guided non-negative matrix factorization in JAX.
 
-from . import datasets, graph, tl
-from ._assess import AssessResult, assess
-from ._chunked import nmf_chunked
-from ._consensus import ConsensusResult, consensus
-from ._cv import CVResult, cross_validate
-from ._data import DataLayout, DenseData, HostSparseData, ShardedSparseData, SparseData, estimate_memory
-from ._guided import GuidedFit, guided_nmf
-from ._inmf import INMFModel, inmf, quantile_norm
-from ._integration import integration_metrics, scale_integration_scores
-from ._io import load, save
-from ._model import NMFModel, evaluate
-from ._nnls import cholesky_clip, nnls_cd, nnls_step
-from ._penalties import (
-    apply_l1_l2,
-    between_groups,
-    gram,
-    group_scatter,
-    proj_adv_gram,
-    removal_project_rhs,
-    scale_rows,
-    scatter_target,
-    target_augment,
-    target_gram,
-)
-from ._project import project
-from ._rrng import RRandom, r_runif, r_runif_matrix
-from ._sklearn import NMF, GuidedNMF
-from ._solve import Config, Hyper, Problem, nmf, prepare, solve
-from ._sweep import SweepChunkWarning, SweepResult, class_separation, prepare_differentiable, sweep
-from ._targets import class_target, compute_target, label_codes, oas_zca_refine, oas_zca_whitener, refine
-from ._tune import RemovalTuning, tune_removal
-from .graph import (
-    FactorNetResult,
-    H,
-    LayerResult,
-    W,
-    factor_add,
-    factor_concat,
-    factor_condition,
-    factor_config,
-    factor_input,
-    factor_net,
-    factor_shared,
-    fit,
-    nmf_layer,
-)
+Public names are imported on first use (module ``__getattr__``, PEP 562): ``import jnmf`` loads neither JAX nor
+scikit-learn, scanpy or matplotlib, so the command line and a notebook's first cell start quickly; ``jnmf.nmf``
+imports the solver the first time it is looked up. ``jnmf.pl`` holds the plots, ``jnmf.tl`` the AnnData tools,
+``jnmf.datasets`` the data sets and ``jnmf.graph`` the factor graphs.
+"""
 
-__all__ = [
-    "AssessResult",
-    "CVResult",
-    "ConsensusResult",
-    "consensus",
-    "cross_validate",
-    "assess",
-    "Config",
-    "DataLayout",
-    "DenseData",
-    "ShardedSparseData",
-    "Hyper",
-    "NMFModel",
-    "Problem",
-    "RRandom",
-    "HostSparseData",
-    "INMFModel",
-    "SparseData",
-    "apply_l1_l2",
-    "between_groups",
-    "group_scatter",
-    "scatter_target",
-    "cholesky_clip",
-    "datasets",
-    "evaluate",
-    "integration_metrics",
-    "scale_integration_scores",
-    "gram",
-    "inmf",
-    "nmf",
-    "nmf_chunked",
-    "estimate_memory",
-    "nnls_cd",
-    "nnls_step",
-    "prepare",
-    "proj_adv_gram",
-    "r_runif",
-    "r_runif_matrix",
-    "removal_project_rhs",
-    "scale_rows",
-    "solve",
-    "target_augment",
-    "target_gram",
-    "class_target",
-    "compute_target",
-    "label_codes",
-    "oas_zca_refine",
-    "oas_zca_whitener",
-    "refine",
-    "SweepChunkWarning",
-    "SweepResult",
-    "class_separation",
-    "prepare_differentiable",
-    "sweep",
-    "RemovalTuning",
-    "tune_removal",
-    "graph",
-    "FactorNetResult",
-    "H",
-    "LayerResult",
-    "W",
-    "factor_add",
-    "factor_concat",
-    "factor_condition",
-    "factor_config",
-    "factor_input",
-    "factor_net",
-    "factor_shared",
-    "fit",
-    "nmf_layer",
-    "GuidedFit",
-    "GuidedNMF",
-    "guided_nmf",
-    "NMF",
-    "load",
-    "project",
-    "quantile_norm",
-    "save",
-    "tl",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._log import logger as _logger  # noqa: F401  (attaches the "jnmf" logger's NullHandler)
+
+# public name -> private module that defines it ("" : the name is a submodule of jnmf)
+_LAZY: dict[str, tuple[str, ...]] = {
+    "": ("cli", "datasets", "graph", "pl", "tl"),
+    "_assess": ("assess", "AssessResult"),
+    "_chunked": ("nmf_chunked",),
+    "_consensus": ("consensus", "ConsensusResult"),
+    "_cv": ("cross_validate", "CVResult"),
+    "_data": ("DataLayout", "DenseData", "estimate_memory", "HostSparseData", "ShardedSparseData", "SparseData"),
+    "_guided": ("guided_nmf", "GuidedFit"),
+    "_inmf": ("inmf", "INMFModel", "quantile_norm"),
+    "_integration": ("integration_metrics", "scale_integration_scores"),
+    "_io": ("load", "save"),
+    "_log": ("ConvergenceWarning",),
+    "_model": ("evaluate", "NMFModel"),
+    "_nnls": ("cholesky_clip", "nnls_cd", "nnls_step"),
+    "_penalties": ("apply_l1_l2", "between_groups", "gram", "group_scatter", "proj_adv_gram", "removal_project_rhs",
+                   "scale_rows", "scatter_target", "target_augment", "target_gram"),
+    "_project": ("project",),
+    "_rrng": ("r_runif", "r_runif_matrix", "RRandom"),
+    "_sklearn": ("GuidedNMF", "NMF"),
+    "_solve": ("Config", "Hyper", "nmf", "prepare", "Problem", "solve"),
+    "_sweep": ("class_separation", "prepare_differentiable", "sweep", "SweepChunkWarning", "SweepResult"),
+    "_targets": ("class_target", "compute_target", "label_codes", "oas_zca_refine", "oas_zca_whitener", "refine"),
+    "_tune": ("RemovalTuning", "tune_removal"),
+    "graph": ("factor_add", "factor_concat", "factor_condition", "factor_config", "factor_input", "factor_net",
+              "factor_shared", "FactorNetResult", "fit", "H", "LayerResult", "nmf_layer", "W"),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = sorted(_WHERE, key=str.lower)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jnmf")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _WHERE:
+        module = _WHERE[name]
+        value = importlib.import_module(f".{name}" if not module else f".{module}", __name__)
+        if module:
+            value = getattr(value, name)
+    else:
+        raise AttributeError(f"module 'jnmf' has no attribute {name!r}")
+    globals()[name] = value  # resolved once; later look-ups are plain module attributes
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,14 +1,19 @@
-"""Command line: ``jnmf run CONFIG [--out DIR] [--data-dir DIR] [--quiet] [--no-cache]``.
+"""Command line: ``jnmf run CONFIG [--out DIR] [--data-dir DIR] [--quiet] [--verbose] [--no-cache]``.
 
-A config (TOML) names an experiment script (``experiment = "../experiments/guided_nmf.py"``, relative to the
-config file) whose ``run(config, out_dir, data_dir, report)`` composes library functions. Progress goes to the
-terminal (unless ``--quiet``) and always to ``OUT/run.log``.
+``CONFIG`` is the name of a shipped config (``jnmf run guided_nmf`` runs ``jnmf/configs/guided_nmf.toml``; ``jnmf
+list`` names them, ``jnmf show NAME`` prints one to copy and edit) or the path of a TOML file. A config names its
+experiment: a job of the package by name (``experiment = "guided_nmf"``, the module ``jnmf.jobs.guided_nmf``) or a
+script of its own (``experiment = "my_job.py"``, relative to the config file); the experiment's
+``run(config, out_dir, data_dir, report)`` composes library functions. Progress goes to the terminal (unless
+``--quiet``; ``--verbose`` adds progress bars, with tqdm if it is installed) and always to ``OUT/run.log``.
+The CLI draws its figures with matplotlib's Agg backend (``$MPLBACKEND`` overrides); ``jnmf --help`` imports
+neither JAX nor the rest of the library.
 
 Validation before any compute
 -----------------------------
 ``jnmf run`` reads and checks the whole config before it loads data or fits anything; every problem is a
 ``ConfigError`` (a ``ValueError``; exit status 2) whose message starts with the config's path and names the key:
-TOML syntax errors, a missing or non-string ``experiment``, a missing experiment script, an explicit
+TOML syntax errors, a missing or non-string ``experiment``, an unknown job or missing experiment script, an explicit
 ``--data-dir`` that is not a folder, and whatever the experiment's schema refuses.
 
 An experiment module declares its config in up to two optional module-level names (a module with neither is
@@ -30,7 +35,7 @@ run with the top-level checks above only):
     Further checks a schema cannot express (cross-references, conditional keys); raise
     ``ConfigError(path, key, message)``.
 
-Example (see ``experiments/guided_nmf.py``)::
+Example (see ``jnmf/jobs/guided_nmf.py``)::
 
     from jnmf.cli import ConfigError, OneOf, Required
     CONFIG_SCHEMA = {"experiment": Required(str), "title": str,
@@ -53,7 +58,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import importlib
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -64,6 +71,8 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
+
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -215,18 +224,27 @@ def check_schema(config: dict, schema: dict, path: str | os.PathLike) -> None:
 
 
 class Reporter:
-    """Timestamped progress lines to the terminal and a log file."""
+    """Timestamped progress lines to the terminal and a log file (and the ``"jnmf.cli"`` logger, at INFO).
 
-    def __init__(self, log: TextIO, quiet: bool = False):
+    ``verbose``: jobs show progress bars over their long loops (``progress``).
+    """
+
+    def __init__(self, log: TextIO, quiet: bool = False, verbose: bool = False):
         self._log = log
         self._quiet = quiet
+        self.verbose = verbose and not quiet
         self._t0 = time.perf_counter()
 
     def __call__(self, message: str) -> None:
         line = f"[{time.perf_counter() - self._t0:7.2f}s] {message}"
         self._log.write(line + "\n")
         self._log.flush()
-        if not self._quiet:
+        logging.getLogger("jnmf.cli").info(message)
+        if self.verbose and "tqdm" in sys.modules:  # a bar may be on screen: tqdm.write prints above it
+            from tqdm.auto import tqdm
+
+            tqdm.write(line, file=sys.stdout)
+        elif not self._quiet:
             print(line, flush=True)
 
     @property
@@ -234,13 +252,76 @@ class Reporter:
         return time.perf_counter() - self._t0
 
 
+def progress(report: Any, iterable: Any, *, desc: str, total: int | None = None) -> Any:
+    """A job's long loop, with a progress bar when the run is verbose (``jnmf run --verbose``).
+
+    Parameters
+    ----------
+    report : Reporter or callable
+        The ``report`` a job was given; plain callables (tests, other drivers) get no bar.
+    iterable : iterable
+        The loop.
+    desc : str
+        The bar's label.
+    total : int, optional
+        The loop's length.
+
+    Returns
+    -------
+    iterator
+        Over ``iterable``'s items.
+    """
+    from ._log import progress as _progress
+
+    return _progress(iterable, desc=desc, total=total, verbose=getattr(report, "verbose", False))
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in ``jnmf/configs`` (``jnmf run NAME``)."""
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.toml"))
+
+
+def resolve_config(config: str | os.PathLike) -> Path:
+    """The config file ``jnmf run CONFIG`` means: an existing path, else a shipped config's name.
+
+    Raises
+    ------
+    ConfigError
+        Neither a file nor a shipped name (the message lists the shipped names).
+    """
+    path = Path(config)
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".toml")
+    shipped = SHIPPED_CONFIGS / f"{name}.toml"
+    if str(config) in (name, f"{name}.toml") and shipped.is_file():
+        return shipped
+    names = ", ".join(shipped_configs())
+    raise ConfigError(path, None, f"config file does not exist, and it is not the name of a shipped config "
+                      f"({names}){_suggest(name, shipped_configs())}")
+
+
+def _job_names() -> list[str]:
+    jobs = Path(__file__).resolve().parent / "jobs"
+    return sorted(p.stem for p in jobs.glob("*.py") if not p.stem.startswith("_"))
+
+
 def _load_experiment(config_path: Path, name: str):
-    path = (config_path.parent / name).resolve()
-    if not path.is_file():
-        raise ConfigError(config_path, "experiment", f"the experiment script {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"jnmf_experiment_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """The experiment module a config names: a job of ``jnmf.jobs`` by name, or a script by path."""
+    if not name.endswith(".py") and "/" not in name and os.sep not in name:
+        if not name.isidentifier() or name not in _job_names():
+            raise ConfigError(config_path, "experiment", f"no job named {name!r} (jobs: {', '.join(_job_names())})"
+                              f"{_suggest(name, _job_names())}; a script of your own is a path ending in .py, "
+                              "relative to the config")
+        module = importlib.import_module(f"jnmf.jobs.{name}")
+        path = Path(module.__file__)
+    else:
+        path = (config_path.parent / name).resolve()
+        if not path.is_file():
+            raise ConfigError(config_path, "experiment", f"the experiment script {path} does not exist")
+        spec = importlib.util.spec_from_file_location(f"jnmf_experiment_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     if not hasattr(module, "run"):
         raise ConfigError(config_path, "experiment",
                           f"the experiment script {path} has no run(config, out_dir, data_dir, report) function")
@@ -257,16 +338,32 @@ def _enable_compilation_cache(path: str | None) -> None:
 
 
 def check(config_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> tuple[dict, Any]:
-    """Read and validate a config without running anything; returns ``(config, experiment module)``.
+    """Read and validate a config without running anything.
+
+    Parameters
+    ----------
+    config_path : str or path
+        A shipped config's name (``"guided_nmf"``) or a TOML file.
+    data_dir : str or path, optional
+        An explicit data folder, which must exist.
+
+    Returns
+    -------
+    (dict, module)
+        The parsed config and the experiment module it names.
 
     Raises
     ------
     ConfigError
         Anything that would stop the run: the message names the file and the key.
+
+    Examples
+    --------
+    >>> config, job = jnmf.cli.check("guided_nmf_digits")  # doctest: +SKIP
+    >>> job.__name__  # doctest: +SKIP
+    'jnmf.jobs.guided_nmf'
     """
-    config_path = Path(config_path)
-    if not config_path.is_file():
-        raise ConfigError(config_path, None, "config file does not exist")
+    config_path = resolve_config(config_path)
     try:
         with open(config_path, "rb") as f:
             config = tomllib.load(f)
@@ -275,9 +372,9 @@ def check(config_path: str | os.PathLike, data_dir: str | os.PathLike | None = N
     except UnicodeDecodeError as e:
         raise ConfigError(config_path, None, f"not UTF-8 text: {e}") from None
     if "experiment" not in config:
-        raise ConfigError(config_path, "experiment", "missing required key naming the experiment script "
-                          "(experiment = \"../experiments/NAME.py\", relative to the config); without it this "
-                          "config is not for `jnmf run` (a standalone script's config?)")
+        raise ConfigError(config_path, "experiment", "missing required key naming the experiment (a job, e.g. "
+                          "experiment = \"guided_nmf\", or a script, experiment = \"my_job.py\", relative to the "
+                          "config); without it this config is not for `jnmf run` (a standalone script's config?)")
     if not isinstance(config["experiment"], str):
         raise ConfigError(config_path, "experiment", f"must be a string (a path), got {config['experiment']!r}")
     if data_dir is not None and not Path(data_dir).is_dir():
@@ -351,11 +448,35 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 def run(config_path: str | Path, out: str | Path | None = None, data_dir: str | None = None,
-        quiet: bool = False, cache: bool = True) -> dict:
+        quiet: bool = False, cache: bool = True, verbose: bool = False) -> dict:
     """Run the experiment a config names; returns what the experiment returns (its results).
 
     Validates the config first (``check``), then runs in a fresh folder renamed onto ``out`` at the end; see the
     module docstring for the output folder protocol.
+
+    Parameters
+    ----------
+    config_path : str or path
+        A shipped config's name (``"guided_nmf"``) or a TOML file.
+    out : str or path, optional
+        The output folder (default ``results/<config name>``, relative to the current directory).
+    data_dir : str, optional
+        The folder with the data files (must exist; default ``$JNMF_DATA_DIR``, then ``../shared/data``).
+    quiet : bool
+        No progress on the terminal (the log is still written).
+    cache : bool
+        Keep compiled programs on disk (``$JNMF_CACHE_DIR``, default ``~/.cache/jnmf/xla``).
+    verbose : bool
+        Progress bars over the long steps (tqdm, when installed).
+
+    Returns
+    -------
+    dict
+        The experiment's results.
+
+    Examples
+    --------
+    >>> jnmf.cli.run("guided_nmf_digits", "results/digits", quiet=True)  # doctest: +SKIP
 
     Raises
     ------
@@ -365,7 +486,7 @@ def run(config_path: str | Path, out: str | Path | None = None, data_dir: str | 
         Another run writes ``out``.
     """
     started = time.perf_counter()
-    config_path = Path(config_path)
+    config_path = resolve_config(config_path)
     config, module = check(config_path, data_dir)
     out_dir = Path(out) if out is not None else Path("results") / config_path.stem
     if out_dir.exists() and not out_dir.is_dir():
@@ -379,7 +500,7 @@ def run(config_path: str | Path, out: str | Path | None = None, data_dir: str | 
             shutil.rmtree(stage)
         stage.mkdir()
         with open(stage / "run.log", "w", encoding="utf-8") as log:
-            report = Reporter(log, quiet)
+            report = Reporter(log, quiet, verbose)
             report(f"config {config_path} -> {out_dir} (written in {stage} until the run completes)")
             try:
                 result = module.run(config, stage, data_dir, report)
@@ -408,18 +529,37 @@ def _sigterm(signum, frame):  # SIGTERM ends a run as Ctrl-C does: its folder is
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jnmf", description="jnmf: label-guided NMF in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="run an experiment config (TOML)")
-    p_run.add_argument("config", help="path to a TOML config, e.g. configs/guided_nmf.toml")
+    p_run = sub.add_parser("run", help="run an experiment config (a shipped name or a TOML file)")
+    p_run.add_argument("config", help="a shipped config's name (see `jnmf list`), e.g. guided_nmf, or the path of "
+                       "a TOML config")
     p_run.add_argument("--out", default=None, help="output folder (default results/<config name>/)")
     p_run.add_argument("--data-dir", default=None, help="folder with the data files (default: $JNMF_DATA_DIR, "
-                       "then ../shared/data beside the repository); an explicit folder must exist")
+                       "then ../shared/data relative to the current folder or a source checkout); an explicit "
+                       "folder must exist")
     p_run.add_argument("--quiet", action="store_true", help="no progress on the terminal (the log is still written)")
+    p_run.add_argument("--verbose", action="store_true", help="progress bars over the long steps (needs tqdm)")
     p_run.add_argument("--no-cache", action="store_true", help="do not keep compiled programs in $JNMF_CACHE_DIR "
                        "(default ~/.cache/jnmf/xla); every run then compiles from scratch")
+    sub.add_parser("list", help="name the shipped configs")
+    p_show = sub.add_parser("show", help="print a shipped config (to copy and edit)")
+    p_show.add_argument("name", help="a shipped config's name")
     args = parser.parse_args(argv)
+    if args.command == "list":
+        for name in shipped_configs():
+            print(name)
+        return 0
+    if args.command == "show":
+        try:
+            print(resolve_config(args.name).read_text(encoding="utf-8"), end="")
+        except ConfigError as e:
+            print(f"jnmf: error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    # A command-line run draws files, never windows; set before pyplot is first imported (a user's choice wins).
+    os.environ.setdefault("MPLBACKEND", "Agg")
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        run(args.config, args.out, args.data_dir, args.quiet, cache=not args.no_cache)
+        run(args.config, args.out, args.data_dir, args.quiet, cache=not args.no_cache, verbose=args.verbose)
     except (ConfigError, RunLockedError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"jnmf: error: {e}", file=sys.stderr)
         return 2
@@ -432,4 +572,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m jnmf.cli` runs this file as __main__; the jobs import jnmf.cli, whose schema classes
+    # (Required, OneOf) must be the ones the checks compare with, so run the imported module's main.
+    from jnmf.cli import main as _main
+
+    sys.exit(_main())

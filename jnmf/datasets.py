@@ -1,4 +1,9 @@
-"""Data sets used by the vignette. The files stay outside the repository (``../shared/data`` by default)."""
+"""Data sets used by the vignette. The hawaiibirds files stay outside the package and the repository.
+
+Where the files are looked for, in order: the folder given (``--data-dir`` of ``jnmf run``, which must exist;
+``data_dir=`` in Python), ``$JNMF_DATA_DIR``, ``../shared/data`` relative to the current directory, and, when
+jnmf is imported from a source checkout (not an installed copy in site-packages), ``../shared/data`` beside it.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import scipy.io
 import scipy.sparse as sp
 
 _HAWAIIBIRDS_FILES = ("hawaiibirds.mtx", "hawaiibirds_samples.csv", "hawaiibirds_species.csv")
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE = Path(__file__).resolve().parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,27 +32,50 @@ class Dataset:
     var: dict[str, np.ndarray]
 
 
+def _source_checkout() -> Path | None:
+    """The repository root when jnmf is imported from a clone (a pyproject.toml beside the package), else None."""
+    root = _PACKAGE.parent
+    if (root / "pyproject.toml").is_file() and "site-packages" not in root.parts:
+        return root
+    return None
+
+
 def _candidate_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
-    dirs = []
-    if data_dir is not None:
-        dirs.append(Path(data_dir))
+    dirs = [] if data_dir is None else [Path(data_dir)]
     env = os.environ.get("JNMF_DATA_DIR")
     if env:
         dirs.append(Path(env))
-    dirs.append(_REPO_ROOT.parent / "shared" / "data")
-    return dirs
+    dirs.append(Path.cwd().parent / "shared" / "data")
+    root = _source_checkout()
+    if root is not None:
+        dirs.append(root.parent / "shared" / "data")
+    unique: list[Path] = []
+    for d in dirs:
+        if d.resolve() not in [u.resolve() for u in unique]:
+            unique.append(d)
+    return unique
 
 
 def find_data_dir(files: tuple[str, ...], data_dir: str | os.PathLike | None = None) -> Path:
-    """The first of ``data_dir``, ``$JNMF_DATA_DIR``, ``../shared/data`` (beside the repository) holding ``files``."""
+    """The first folder holding ``files`` among ``data_dir``, ``$JNMF_DATA_DIR``, ``../shared/data`` relative to
+    the current directory and ``../shared/data`` beside a source checkout.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the files, every folder searched and how to point jnmf at the right one.
+    """
     tried = _candidate_dirs(data_dir)
     for d in tried:
         if all((d / f).is_file() for f in files):
             return d
     where = "\n  ".join(str(d) for d in tried)
+    origin = (" They are RcppML's hawaiibirds data set (the R package's `hawaiibirds`, exported as Matrix Market "
+              "and CSV files).") if files == _HAWAIIBIRDS_FILES else ""
     raise FileNotFoundError(
         f"could not find {', '.join(files)} in any of:\n  {where}\n"
-        "Pass data_dir=..., or set the JNMF_DATA_DIR environment variable to the folder holding them.")
+        "Give the folder holding them with `jnmf run ... --data-dir DIR` (data_dir=DIR in Python), or set the "
+        f"JNMF_DATA_DIR environment variable.{origin}")
 
 
 def _read_csv_columns(path: Path) -> dict[str, np.ndarray]:
@@ -67,9 +95,28 @@ def _read_csv_columns(path: Path) -> dict[str, np.ndarray]:
 def load_hawaiibirds(data_dir: str | os.PathLike | None = None) -> Dataset:
     """Bird species frequencies on the Hawaiian islands (RcppML's ``hawaiibirds``).
 
-    ``A``: scipy CSC, 183 species x 1183 grid cells, float64 frequencies (30,815 non-zeros).
-    ``obs``: ``grid``, ``island`` (8 islands), ``lat``, ``lng`` per cell. ``var``: ``species``, ``status``, ``type``.
-    Looks in ``data_dir``, then ``$JNMF_DATA_DIR``, then ``../shared/data`` beside the repository.
+    Parameters
+    ----------
+    data_dir : path-like, optional
+        The folder holding ``hawaiibirds.mtx``, ``hawaiibirds_samples.csv`` and ``hawaiibirds_species.csv``;
+        looked for after it: ``$JNMF_DATA_DIR``, then ``../shared/data`` (see the module docstring).
+
+    Returns
+    -------
+    Dataset
+        ``A``: scipy CSC, 183 species x 1183 grid cells, float64 frequencies (30,815 non-zeros). ``obs``:
+        ``grid``, ``island`` (8 islands), ``lat``, ``lng`` per cell. ``var``: ``species``, ``status``, ``type``.
+
+    Raises
+    ------
+    FileNotFoundError
+        The files are in none of the folders (the message names each, and ``--data-dir``).
+
+    Examples
+    --------
+    >>> ds = jnmf.datasets.load_hawaiibirds("/path/to/shared/data")  # doctest: +SKIP
+    >>> ds.A.shape, ds.obs["island"][:2]  # doctest: +SKIP
+    ((183, 1183), array(['Hawaii', 'Hawaii'], dtype=object))
     """
     d = find_data_dir(_HAWAIIBIRDS_FILES, data_dir)
     A = sp.csc_matrix(scipy.io.mmread(d / "hawaiibirds.mtx"), dtype=np.float64)
@@ -88,8 +135,16 @@ def load_hawaiibirds(data_dir: str | os.PathLike | None = None) -> Dataset:
 def load_digits() -> Dataset:
     """scikit-learn's handwritten digits as a (features x samples) data set that needs no download.
 
-    ``A``: scipy CSC, 64 pixels x 1797 images, grey levels 0..16. ``obs``: ``digit`` (the label, as a string
-    "0".."9" so it reads as a category). ``var``: ``pixel`` ("r{row}c{col}").
+    Returns
+    -------
+    Dataset
+        ``A``: scipy CSC, 64 pixels x 1797 images, grey levels 0..16. ``obs``: ``digit`` (the label, as a string
+        "0".."9" so it reads as a category). ``var``: ``pixel`` ("r{row}c{col}").
+
+    Examples
+    --------
+    >>> jnmf.datasets.load_digits().A.shape
+    (64, 1797)
     """
     from sklearn.datasets import load_digits as _sk_digits
 
@@ -101,7 +156,24 @@ def load_digits() -> Dataset:
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load a data set by name: ``"hawaiibirds"`` (files outside the repository) or ``"digits"`` (scikit-learn)."""
+    """Load a data set by name: ``"hawaiibirds"`` (files outside the package) or ``"digits"`` (scikit-learn).
+
+    Parameters
+    ----------
+    name : {"hawaiibirds", "digits"}
+        The data set.
+    data_dir : path-like, optional
+        Where the hawaiibirds files are (``load_hawaiibirds``); unused for digits.
+
+    Returns
+    -------
+    Dataset
+
+    Examples
+    --------
+    >>> jnmf.datasets.load("digits").obs["digit"][:3]
+    array(['0', '1', '2'], dtype=object)
+    """
     loaders = {"hawaiibirds": lambda: load_hawaiibirds(data_dir), "digits": load_digits}
     if name not in loaders:
         raise ValueError(f"data set name must be one of {sorted(loaders)}, got {name!r}")

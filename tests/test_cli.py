@@ -14,9 +14,8 @@ from jnmf import cli
 from jnmf.cli import ConfigError, RunLockedError
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENT = (ROOT / "experiments" / "guided_nmf.py").as_posix()
-DIGITS = (ROOT / "configs" / "guided_nmf_digits.toml").read_text(encoding="utf-8").replace(
-    'experiment = "../experiments/guided_nmf.py"', f'experiment = "{EXPERIMENT}"')
+# The shipped config names its job (experiment = "guided_nmf"), so a copy runs from any folder.
+DIGITS = (cli.SHIPPED_CONFIGS / "guided_nmf_digits.toml").read_text(encoding="utf-8")
 
 
 @pytest.fixture
@@ -92,15 +91,70 @@ def test_main_reports_config_errors_with_status_2(tmp_path, no_compute, capsys):
     assert err.startswith(f"jnmf: error: {path}: assesss: unknown key (did you mean 'assess'?)")
 
 
-@pytest.mark.parametrize("name", ["guided_nmf.toml", "guided_nmf_digits.toml"])
-def test_shipped_configs_validate(name, no_compute):
-    config, module = cli.check(ROOT / "configs" / name)
-    assert module.CONFIG_SCHEMA and config["methods"]
+def test_every_shipped_config_validates_by_name_and_names_labels_alike(no_compute):
+    names = cli.shipped_configs()
+    assert {"guided_nmf", "guided_nmf_digits", "choose_k_hawaiibirds", "choose_k_digits", "integration"} <= set(names)
+    for name in names:
+        if name == "integration":
+            pytest.importorskip("scanpy", reason="the integration job needs the integration extra")
+        config, module = cli.check(name)
+        assert module.__name__ == f"jnmf.jobs.{config['experiment']}" and callable(module.run)
+        assert Path(module.__file__).parent == ROOT / "jnmf" / "jobs"
+        # class labels are `labels` everywhere (a [[methods]] entry's `label` is its display name)
+        tables = [config.get("data", {})] + list(config.get("datasets", []))
+        assert not any("label" in table for table in tables), name
 
 
-def test_lambda_sweep_config_is_reported_as_not_for_jnmf_run(no_compute):
+def test_run_by_name_resolves_to_the_package_and_paths_keep_working(tmp_path):
+    assert cli.resolve_config("guided_nmf") == cli.SHIPPED_CONFIGS / "guided_nmf.toml"
+    assert cli.resolve_config("guided_nmf.toml") == cli.SHIPPED_CONFIGS / "guided_nmf.toml"
+    copy = tmp_path / "mine.toml"
+    copy.write_text(DIGITS, encoding="utf-8")
+    assert cli.resolve_config(copy) == copy  # a path wins
+    with pytest.raises(ConfigError, match=r"guided_nmff: config file does not exist, and it is not the name of a "
+                                          r"shipped config \(.*guided_nmf_digits.*\) \(did you mean 'guided_nmf'\?\)"):
+        cli.resolve_config("guided_nmff")
+
+
+def test_unknown_job_name_is_a_config_error(tmp_path, no_compute):
+    path = tmp_path / "bad.toml"
+    path.write_text(_edit(DIGITS, 'experiment = "guided_nmf"', 'experiment = "guided_nfm"'), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"experiment: no job named 'guided_nfm' \(jobs: .*\) \(did you mean "
+                                          r"'guided_nmf'\?\)"):
+        cli.check(path)
+
+
+def test_list_and_show(capsys):
+    assert cli.main(["list"]) == 0
+    assert capsys.readouterr().out.split() == cli.shipped_configs()
+    assert cli.main(["show", "guided_nmf_digits"]) == 0
+    assert capsys.readouterr().out == DIGITS
+    assert cli.main(["show", "nope"]) == 2
+
+
+def test_standalone_script_config_is_reported_as_not_for_jnmf_run(no_compute):
     with pytest.raises(ConfigError, match=r"lambda_sweep.toml: experiment: missing required key .*not for `jnmf run`"):
-        cli.check(ROOT / "configs" / "lambda_sweep.toml")
+        cli.check(ROOT / "experiments" / "lambda_sweep.toml")
+    assert "lambda_sweep" not in cli.shipped_configs()
+
+
+def test_help_and_import_load_no_heavy_modules():
+    """`jnmf --help` and `import jnmf` import neither JAX nor scikit-learn, matplotlib or scanpy."""
+    code = textwrap.dedent("""
+        import sys
+        import jnmf
+        from jnmf import cli
+        try:
+            cli.main(["--help"])
+        except SystemExit:
+            pass
+        heavy = [m for m in ("jax", "sklearn", "matplotlib", "scanpy", "anndata", "numpy") if m in sys.modules]
+        print("HEAVY", heavy, jnmf.__version__)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    line = out.splitlines()[-1].split(" ", 2)
+    assert line[:2] == ["HEAVY", "[]"], out
+    assert line[2][0].isdigit()
 
 
 def test_schema_spec_rules():
@@ -225,3 +279,20 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path):
     (tmp_path / ".out.lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
     cli.run(_fake_config(tmp_path, "after"), out, quiet=True, cache=False)
     assert (out / "results.json").read_text() == "after" and not (tmp_path / ".out.lock").exists()
+
+
+def test_verbose_reaches_the_job_and_its_progress_loops(tmp_path):
+    (tmp_path / "job.py").write_text(textwrap.dedent('''
+        from jnmf.cli import progress
+
+        def run(config, out_dir, data_dir, report):
+            seen = [i for i in progress(report, range(4), desc="steps", total=4)]
+            report(f"seen {seen}")
+            return {"verbose": report.verbose, "seen": seen}
+    '''))
+    (tmp_path / "job.toml").write_text('experiment = "job.py"\n')
+    for verbose, quiet in ((True, False), (False, False), (True, True)):
+        out = tmp_path / f"out-{verbose}-{quiet}"
+        result = cli.run(tmp_path / "job.toml", out, quiet=quiet, cache=False, verbose=verbose)
+        assert result == {"verbose": verbose and not quiet, "seen": [0, 1, 2, 3]}
+        assert "seen [0, 1, 2, 3]" in (out / "run.log").read_text()

@@ -34,3 +34,28 @@ def test_missing_files_name_every_place_searched(tmp_path, monkeypatch):
     message = str(err.value)
     assert str(tmp_path / "arg") in message and str(tmp_path / "env") in message
     assert "shared" in message and "JNMF_DATA_DIR" in message
+
+
+def test_default_places_never_point_into_site_packages(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "work").mkdir()
+    monkeypatch.delenv("JNMF_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path / "work")
+    # an installed copy: only ../shared/data relative to the current folder
+    monkeypatch.setattr(jnmf.datasets, "_PACKAGE", tmp_path / "lib" / "python3.11" / "site-packages" / "jnmf")
+    assert jnmf.datasets._candidate_dirs(None) == [tmp_path / "shared" / "data"]
+    # run from a clone: ../shared/data beside the checkout too
+    monkeypatch.setattr(jnmf.datasets, "_PACKAGE", root / "jnmf")
+    assert jnmf.datasets._candidate_dirs(None) == [tmp_path / "shared" / "data", root.parent / "shared" / "data"]
+
+
+def test_missing_hawaiibirds_message_speaks_cli_and_names_the_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("JNMF_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(jnmf.datasets, "_PACKAGE", tmp_path / "site-packages" / "jnmf")
+    with pytest.raises(FileNotFoundError) as err:
+        jnmf.datasets.load_hawaiibirds()
+    message = str(err.value)
+    assert "--data-dir DIR" in message and "RcppML's hawaiibirds" in message and "hawaiibirds.mtx" in message

@@ -1,4 +1,4 @@
-"""experiments/integration_benchmark.py end to end on a tiny config through the CLI (``jnmf run``)."""
+"""jnmf/jobs/integration_benchmark.py end to end on a tiny config through the CLI (``jnmf run``)."""
 
 from __future__ import annotations
 
@@ -63,8 +63,7 @@ kind = "harmony_pca"
 
 def test_benchmark_runs_end_to_end(tmp_path):
     config = tmp_path / "tiny.toml"
-    config.write_text(TINY.format(experiment=(REPO / "experiments" / "integration_benchmark.py").as_posix()),
-                      encoding="utf-8")
+    config.write_text(TINY.format(experiment="integration_benchmark"), encoding="utf-8")
     out = tmp_path / "out"
     payload = cli.run(config, out, quiet=True, cache=False)
     for name in ("results.json", "results.md", "scores.png", "run.log"):
@@ -94,7 +93,7 @@ def test_simulated_batches_are_seeded_and_non_negative():
 
     spec = {"kind": "pbmc68k_simulated", "n_batches": 3, "gene_sigma": 0.5, "lib_sigma": 0.3, "cell_sigma": 0.1,
             "sim_seed": 11}
-    module = cli._load_experiment(REPO / "configs" / "integration.toml", "../experiments/integration_benchmark.py")
+    module = cli._load_experiment(REPO / "jnmf" / "configs" / "integration.toml", "integration_benchmark")
     a, b = module.load_dataset(spec, None), module.load_dataset(spec, None)
     assert sp.issparse(a["A"]) and a["A"].shape == (765, 700)
     assert (a["A"] != b["A"]).nnz == 0 and np.array_equal(a["batch"], b["batch"])

@@ -64,12 +64,10 @@ removal = ["baseline", "removal"]
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from pathlib import Path
 
     root = tmp_path_factory.mktemp("pipeline")
-    experiment = Path(__file__).resolve().parents[1] / "experiments" / "guided_nmf.py"
     config = root / "small.toml"
-    config.write_text(CONFIG.format(experiment=experiment.as_posix()))
+    config.write_text(CONFIG.format(experiment="guided_nmf"))  # the job jnmf.jobs.guided_nmf, by name
     out = root / "out"
     assert cli.main(["run", str(config), "--out", str(out), "--quiet", "--no-cache"]) == 0
     return out
@@ -104,7 +102,7 @@ def test_figures_are_non_empty_images_of_the_expected_size(run_dir, name):
     import matplotlib.image as mpimg
 
     img = mpimg.imread(run_dir / name)
-    assert img.shape[:2] == (460, 4 * 420)  # 4 panels of 4.2 x 4.6 inches at 100 dpi
+    assert img.shape[:2] == (990, 900)  # a 2 x 2 grid of 4.5-inch panels and a 0.9-inch legend row, 100 dpi
     assert np.std(img[..., :3]) > 0.05  # not a blank canvas
 
 
@@ -114,7 +112,7 @@ def test_cli_reports_missing_config(tmp_path, capsys):
 
 
 def test_vignette_config_reproduces_the_published_table(tmp_path):
-    """configs/guided_nmf.toml on hawaiibirds: baseline, refine and target rows equal the vignette's numbers."""
+    """jnmf/configs/guided_nmf.toml on hawaiibirds: baseline, refine and target rows equal the vignette's numbers."""
     import tomllib
     from pathlib import Path
 
@@ -123,12 +121,10 @@ def test_vignette_config_reproduces_the_published_table(tmp_path):
     if not (DATA / "hawaiibirds.mtx").is_file():
         pytest.skip(f"hawaiibirds data set not found in {DATA}")
     root = Path(__file__).resolve().parents[1]
-    config = tomllib.loads((root / "configs" / "guided_nmf.toml").read_text(encoding="utf-8"))
+    config = tomllib.loads((root / "jnmf" / "configs" / "guided_nmf.toml").read_text(encoding="utf-8"))
     methods = {m["key"]: m for m in config["methods"]}
     # Same config, figures skipped (UMAP is covered above); written as TOML by hand to avoid a writer dependency.
-    text = (root / "configs" / "guided_nmf.toml").read_text(encoding="utf-8")
-    text = text.replace('experiment = "../experiments/guided_nmf.py"',
-                        f'experiment = "{(root / "experiments" / "guided_nmf.py").as_posix()}"')
+    text = (root / "jnmf" / "configs" / "guided_nmf.toml").read_text(encoding="utf-8")
     text = text.replace("umap = true", "umap = false")
     path = tmp_path / "guided_nmf.toml"
     path.write_text(text, encoding="utf-8")

@@ -13,11 +13,26 @@ def _readme_commands() -> list[str]:
 
 
 def test_readme_opens_with_two_commands():
+    from jnmf import cli
+
     commands = _readme_commands()
     assert len(commands) == 2
-    assert "jnmf run configs/guided_nmf.toml" in commands[0]
+    assert commands[0].endswith("jnmf run guided_nmf")  # the shipped config, by name: works from a wheel too
     assert "pytest" in commands[1]
-    assert (ROOT / "configs" / "guided_nmf.toml").is_file()
+    assert cli.resolve_config("guided_nmf") == ROOT / "jnmf" / "configs" / "guided_nmf.toml"
+
+
+def test_readme_jnmf_run_commands_name_shipped_configs():
+    """Every `jnmf run NAME` in the README names a shipped config (or a file of the repository)."""
+    import re
+
+    from jnmf import cli
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    names = set(re.findall(r"jnmf run (\w[\w./-]*)", text)) - {"mine.toml"}
+    assert "guided_nmf" in names and "integration" in names
+    for name in names:
+        assert name in cli.shipped_configs() or (ROOT / name).is_file(), name
 
 
 def test_ci_runs_the_readme_test_command():

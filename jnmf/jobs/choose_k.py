@@ -1,6 +1,6 @@
 """Which k, and is it stable? Cross-validated test error and consensus stability against the rank.
 
-Run through the CLI: ``jnmf run configs/choose_k_hawaiibirds.toml [--out DIR] [--data-dir DIR]``. Composes
+Run through the CLI: ``jnmf run choose_k_hawaiibirds [--out DIR] [--data-dir DIR]``. Composes
 ``jnmf.cross_validate`` (speckled hold-out, all ranks in one program) and ``jnmf.consensus`` (cNMF's consensus of
 replicate spectra, RcppML's cophenetic coefficient). Writes ``results.json``, ``results.md``, ``cv.png`` (train and
 test MSE vs k) and ``k_selection.png`` (cNMF's ``k_selection_plot``: stability and error vs k).
@@ -41,18 +41,17 @@ def validate_config(config: dict, path) -> None:
 
 
 def _fixture(data_dir) -> Path | None:
-    for base in ([Path(data_dir).parent] if data_dir else []) + [Path(__file__).resolve().parents[1] / ".." / "shared"]:
-        p = base / "reference" / "hawaiibirds_cv_rcppml.npz"
-        if p.exists():
-            return p
-    return None
+    """RcppML's CV result, in ``reference/`` beside the folder that holds the hawaiibirds files."""
+    try:
+        base = jnmf.datasets.find_data_dir(("hawaiibirds.mtx",), data_dir).parent
+    except FileNotFoundError:
+        return None
+    p = base / "reference" / "hawaiibirds_cv_rcppml.npz"
+    return p if p.exists() else None
 
 
 def _cv_figure(res, path: Path, title: str, ref=None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = jnmf.pl._pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ks = res.ks
@@ -73,10 +72,7 @@ def _cv_figure(res, path: Path, title: str, ref=None) -> None:
 
 
 def _k_selection_figure(table: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = jnmf.pl._pyplot()
 
     fig, ax1 = plt.subplots(figsize=(6, 4))
     ax1.plot(table["k"], table["silhouette"], "o-", color="C0", label="stability (silhouette)")

@@ -1,7 +1,8 @@
 """The guided-NMF vignette end to end: baseline, refine, target enrichment, target removal; tables and figures.
 
-Run through the CLI: ``jnmf run configs/guided_nmf.toml [--out DIR] [--data-dir DIR] [--quiet]``. Only composes
-library functions (``nmf``, ``guided_nmf``, ``refine``, ``assess``, ``evaluate``, ``jnmf.plot``).
+Run through the CLI: ``jnmf run guided_nmf [--out DIR] [--data-dir DIR] [--quiet] [--verbose]`` (the shipped
+``jnmf/configs/guided_nmf.toml``; ``jnmf run guided_nmf_digits`` needs no files). Only composes library functions
+(``nmf``, ``guided_nmf``, ``refine``, ``assess``, ``evaluate``, ``jnmf.pl``).
 Writes ``results.json``, ``results.md``, ``umap.png``, ``factor_composition.png`` (and ``run.log`` via the CLI).
 """
 
@@ -15,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import jnmf
-from jnmf import plot
-from jnmf.cli import ConfigError, OneOf, Required
+from jnmf.cli import ConfigError, OneOf, Required, progress
 
 # The config this experiment reads, checked by `jnmf run` before any compute (protocol: jnmf/cli.py's docstring).
 _NUMBERS = {"nmi": float, "ari": float, "accuracy_knn": float, "accuracy_lr": float, "mse_ratio": float}
@@ -76,14 +76,22 @@ def _fit(kind: str, spec: dict, A, labels, base, nmf_opts: dict):
     raise ValueError(f"method kind must be baseline, refine or target, got {kind!r} in {spec.get('key')!r}")
 
 
-def _assess(model, labels, cfg: dict, report):
+def _once(report, seen: set[str], fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with its warnings written to the log, each distinct message once per run (assess
+    drops the same small classes for every method; a convergence warning names its method's fit)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = jnmf.assess(model, labels, metrics=("nmi", "ari", "silhouette", "classification"),
-                          classifiers=tuple(cfg.get("classifiers", ("knn", "lr"))), seed=cfg.get("seed", 42))
+        result = fn(*args, **kwargs)
     for w in caught:
-        report(f"  {w.message}")
-    return res
+        if str(w.message) not in seen:
+            seen.add(str(w.message))
+            report(f"  {type(w.message).__name__}: {w.message}")
+    return result
+
+
+def _assess(model, labels, cfg: dict):
+    return jnmf.assess(model, labels, metrics=("nmi", "ari", "silhouette", "classification"),
+                       classifiers=tuple(cfg.get("classifiers", ("knn", "lr"))), seed=cfg.get("seed", 42))
 
 
 def _fmt(x, digits=3):
@@ -91,19 +99,30 @@ def _fmt(x, digits=3):
 
 
 def _table(records: dict, keys: list[str], methods: dict) -> str:
-    lines = ["| Method | NMI | ARI | KNN accuracy | LR accuracy | MSE ratio | iterations | converged | "
-             "vignette NMI / ARI / KNN / MSE ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """A markdown table; the vignette column only when some row has published numbers (none do on digits)."""
+    published = any(methods[key].get("published") for key in keys)
+    head = ["Method", "NMI", "ARI", "KNN accuracy", "LR accuracy", "MSE ratio", "iterations", "converged"]
+    if published:
+        head.append("vignette NMI / ARI / KNN / MSE ratio")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in keys:
         r = records[key]
-        pub = methods[key].get("published")
-        pub_txt = "–" if not pub else (f"{pub['nmi']:.3f} / {pub['ari']:.3f} / {pub['accuracy_knn']:.3f} / "
-                                       f"{pub['mse_ratio']:.1f}")
         conv = "–" if r["converged"] is None else ("yes" if r["converged"] else "no")
         iters = "–" if r["iterations"] is None else str(r["iterations"])
-        lines.append(f"| {r['method']} | {_fmt(r['nmi'])} | {_fmt(r['ari'])} | {_fmt(r['accuracy_knn'])} | "
-                     f"{_fmt(r['accuracy_lr'])} | {_fmt(r['mse_ratio'], 1)} | {iters} | {conv} | {pub_txt} |")
+        row = [r["method"], _fmt(r["nmi"]), _fmt(r["ari"]), _fmt(r["accuracy_knn"]), _fmt(r["accuracy_lr"]),
+               _fmt(r["mse_ratio"], 1), iters, conv]
+        if published:
+            pub = methods[key].get("published")
+            row.append("–" if not pub else (f"{pub['nmi']:.3f} / {pub['ari']:.3f} / {pub['accuracy_knn']:.3f} / "
+                                            f"{pub['mse_ratio']:.1f}"))
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _precision(model) -> str:
+    """What the fits ran in, e.g. "float32, cpu", read from the model's arrays."""
+    devices = sorted({d.platform for d in model.w.devices()})
+    return f"{model.w.dtype}, {'/'.join(devices)}"
 
 
 def run(config: dict, out_dir: Path, data_dir, report) -> dict:
@@ -118,21 +137,23 @@ def run(config: dict, out_dir: Path, data_dir, report) -> dict:
     nmf_opts = dict(config.get("nmf", {}))
     methods = {m["key"]: m for m in config["methods"]}
 
+    seen: set[str] = set()
     t_all = time.perf_counter()
     t0 = time.perf_counter()
-    base = jnmf.nmf(A, **nmf_opts)
+    base = _once(report, seen, jnmf.nmf, A, **nmf_opts)
     base_seconds = time.perf_counter() - t0
     report(f"baseline nmf: k={nmf_opts.get('k')}, {int(base.iter)} iterations, "
            f"{'converged' if bool(base.converged) else 'not converged'}, {base_seconds:.2f} s")
     base_mse = jnmf.evaluate(base, A)
 
     records, models = {}, {}
-    for i, (key, spec) in enumerate(methods.items(), 1):
+    for i, (key, spec) in enumerate(progress(report, methods.items(), desc="fits and assessments",
+                                             total=len(methods)), 1):
         t0 = time.perf_counter()
-        model = _fit(spec["kind"], spec, A, labels, base, nmf_opts)
+        model = _once(report, seen, _fit, spec["kind"], spec, A, labels, base, nmf_opts)
         fit_seconds = base_seconds if spec["kind"] == "baseline" else time.perf_counter() - t0
         t1 = time.perf_counter()
-        res = _assess(model, labels, config.get("assess", {}), report)
+        res = _once(report, seen, _assess, model, labels, config.get("assess", {}))
         seconds = fit_seconds + time.perf_counter() - t1
         refit = spec["kind"] != "refine"
         records[key] = {
@@ -159,7 +180,7 @@ def run(config: dict, out_dir: Path, data_dir, report) -> dict:
     md = [f"# {config.get('title', 'jnmf results')}", ""]
     for name, keys in tables.items():
         md += [f"## {name.capitalize()}", "", _table(records, keys, methods), ""]
-    md.append(f"Fits and assessments: {fits_seconds:.2f} s (float32, CPU, JAX compilation included).")
+    md.append(f"Fits and assessments: {fits_seconds:.2f} s ({_precision(base)}, JAX compilation included).")
     (out_dir / "results.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     payload = {"title": config.get("title"), "data": data_cfg, "nmf": nmf_opts, "fits_seconds": fits_seconds,
                "records": [records[k] for k in methods]}
@@ -168,14 +189,21 @@ def run(config: dict, out_dir: Path, data_dir, report) -> dict:
 
     fig_cfg = config.get("figures", {})
     titles = [methods[k]["label"] for k in methods]
+    scores = [{"NMI": records[k]["nmi"], "ARI": records[k]["ari"], "kNN": records[k]["accuracy_knn"]}
+              for k in methods]
     t0 = time.perf_counter()
+    plt = jnmf.pl._pyplot()
     if fig_cfg.get("umap", True):
-        coords = [plot.umap_embedding(models[k].embedding(), n_neighbors=fig_cfg.get("n_neighbors", 15),
-                                      min_dist=fig_cfg.get("min_dist", 0.3), metric=fig_cfg.get("metric", "cosine"),
-                                      seed=fig_cfg.get("seed", 42)) for k in methods]
-        plot.plot_umap_panels(coords, labels, titles, str(out_dir / "umap.png"), label_name=data_cfg["labels"])
+        coords = [jnmf.pl.umap_coordinates(models[k], n_neighbors=fig_cfg.get("n_neighbors", 15),
+                                           min_dist=fig_cfg.get("min_dist", 0.3),
+                                           metric=fig_cfg.get("metric", "cosine"), seed=fig_cfg.get("seed", 42))
+                  for k in progress(report, methods, desc="UMAP", total=len(methods))]
+        fig = jnmf.pl.embedding_grid(coords, labels, titles, metrics=scores, label_name=data_cfg["labels"])
+        fig.savefig(out_dir / "umap.png", dpi=jnmf.pl.DPI)
+        plt.close(fig)
         report(f"wrote {out_dir / 'umap.png'} ({time.perf_counter() - t0:.2f} s)")
-    comps = [plot.factor_composition(models[k].h, labels) for k in methods]
-    plot.plot_factor_composition([c[0] for c in comps], comps[0][1], titles, str(out_dir / "factor_composition.png"))
+    fig = jnmf.pl.composition_grid([models[k] for k in methods], labels, titles)
+    fig.savefig(out_dir / "factor_composition.png", dpi=jnmf.pl.DPI)
+    plt.close(fig)
     report(f"wrote {out_dir / 'factor_composition.png'}")
     return payload

@@ -1,6 +1,6 @@
 """Batch removal judged as the field judges it: scIB metrics (scib-metrics) for jnmf's removal modes and baselines.
 
-Run through the CLI: ``jnmf run configs/integration.toml [--out DIR] [--data-dir DIR] [--quiet]``. Needs the
+Run through the CLI: ``jnmf run integration [--out DIR] [--data-dir DIR] [--quiet]``. Needs the
 ``integration`` extra (scib-metrics, harmonypy, scanpy) and, for the figures, the ``figures`` extra.
 
 Data sets (``[[datasets]]``, ``kind``):
@@ -361,7 +361,7 @@ def _table(rows: list[dict], with_bio: bool) -> str:
 
 
 def _plot_scores(records: list[dict], dataset_keys: list[str], path: Path) -> None:
-    from jnmf.plot import _pyplot
+    from jnmf.pl import _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(dataset_keys), figsize=(5.0 * len(dataset_keys), 4.4), squeeze=False)
@@ -384,7 +384,7 @@ def _plot_scores(records: list[dict], dataset_keys: list[str], path: Path) -> No
 def _plot_umaps(embs: list[tuple[str, np.ndarray]], batch, labels, fig_cfg: dict, path: Path) -> None:
     import umap
 
-    from jnmf.plot import _pyplot
+    from jnmf.pl import _pyplot
 
     plt = _pyplot()
     n = len(batch)
