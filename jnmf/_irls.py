@@ -85,7 +85,6 @@ class IrlsConfig:
     loss: str
     robust: bool
     sparse: bool
-    dispersion: str
     maxit: int
     cd_maxit: int
     irls_max_iter: int
@@ -110,6 +109,7 @@ class IrlsHyper:
     phi_init: jax.Array
     phi_max: jax.Array
     phi_min: jax.Array
+    dispersion: jax.Array  # int32 index into DISPERSIONS: an array, so the three modes share one program
 
 
 class _Carry(NamedTuple):
@@ -163,7 +163,7 @@ def _cd_sweeps(G: jax.Array, B: jax.Array, X: jax.Array, cd_maxit: int) -> jax.A
         return X, R - G[:, i, :] * step[None, :]
 
     def sweep(_, carry):
-        return lax.fori_loop(0, k, coordinate, carry, unroll=True)
+        return lax.fori_loop(0, k, coordinate, carry)
 
     return lax.fori_loop(0, cd_maxit, sweep, (X, R))[0]
 
@@ -217,8 +217,19 @@ def _update_dispersion(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, S: jax.Arra
                        H: jax.Array, P: jax.Array, disp: jax.Array) -> jax.Array:
     """§3.7: GP theta (MM, 5 passes), NB size r (method of moments) or phi (diagnostic), per row or global;
     ``Wd = W' diag(d)`` (k, m), H (k, n), P = Wd' H (m, n)."""
-    if cfg.dispersion == "none" or cfg.loss == "mse":
+    if cfg.loss == "mse":
         return disp
+    new = _dispersion_rows(cfg, hp, A, S, Wd, H, P, disp)
+    if cfg.loss == "gp":  # global theta: the mean of the per-row MM estimates
+        glob = jnp.full_like(new, jnp.mean(new))
+    else:  # NB r and phi: the element at floor(m/2) of the sorted rows (nth_element)
+        glob = jnp.full_like(new, jnp.sort(new)[new.shape[0] // 2])
+    return jnp.where(hp.dispersion == 0, disp, jnp.where(hp.dispersion == 2, glob, new))
+
+
+def _dispersion_rows(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, S: jax.Array | None, Wd: jax.Array,
+                     H: jax.Array, P: jax.Array, disp: jax.Array) -> jax.Array:
+    """The per-row estimates of ``_update_dispersion`` (rows without data keep ``disp``)."""
     zero = jnp.zeros_like(A)
     stored = jnp.ones(A.shape, bool) if S is None else S
     if cfg.loss == "gp":
@@ -241,8 +252,7 @@ def _update_dispersion(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, S: jax.Arra
             ok = ok & jnp.isfinite(cand) & (cand >= 0)
             return jnp.where(ok, cand, theta)
 
-        theta = lax.fori_loop(0, 5, mm, disp)
-        return jnp.full_like(theta, jnp.mean(theta)) if cfg.dispersion == "global" else theta
+        return lax.fori_loop(0, 5, mm, disp)
     if cfg.loss == "nb":
         mu = jnp.maximum(P, 1e-10)
         if S is not None:
@@ -257,21 +267,15 @@ def _update_dispersion(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, S: jax.Arra
             tot = jnp.sum(mu, axis=1)
             excess = jnp.sum((A - mu) ** 2, axis=1) + (tot2 - tot2) - tot
         ok = (excess > 1e-10) & (tot2 > 1e-10)
-        r = jnp.where(ok, jnp.clip(tot2 / jnp.where(ok, excess, 1), hp.nb_size_min, hp.nb_size_max), hp.nb_size_max)
-        return _global_median(r) if cfg.dispersion == "global" else r
+        return jnp.where(ok, jnp.clip(tot2 / jnp.where(ok, excess, 1), hp.nb_size_min, hp.nb_size_max),
+                         hp.nb_size_max)
     # gamma / inverse Gaussian / Tweedie: phi, diagnostic only
     mu = jnp.maximum(P, 1e-10)
     pos = stored & (A > 0)
     ratio = jnp.where(pos, (A - mu) ** 2 / jnp.maximum(jnp.power(mu, hp.power), 1e-20), zero)
     count = jnp.sum(pos, axis=1)
     phi = jnp.clip(jnp.sum(ratio, axis=1) / jnp.maximum(count, 1), hp.phi_min, hp.phi_max)
-    phi = jnp.where(count > 0, phi, disp)
-    return _global_median(phi) if cfg.dispersion == "global" else phi
-
-
-def _global_median(x: jax.Array) -> jax.Array:
-    """RcppML's global value: the element at position floor(m/2) of the sorted rows (nth_element)."""
-    return jnp.full_like(x, jnp.sort(x)[x.shape[0] // 2])
+    return jnp.where(count > 0, phi, disp)
 
 
 # ---------------------------------------------------------------------------------------------------- objective
@@ -473,15 +477,16 @@ def fit_rcppml_loss(A: Any, k: int, *, loss: str, robust: Any = False, dispersio
     else:
         A = np.asarray(A, np.float64)
         S = A != 0
-    cfg = IrlsConfig(k=k, loss=loss, robust=delta > 0, sparse=semantics, dispersion=dispersion, maxit=maxit,
-                     cd_maxit=cd_maxit, irls_max_iter=irls_max_iter)
+    cfg = IrlsConfig(k=k, loss=loss, robust=delta > 0, sparse=semantics, maxit=maxit, cd_maxit=cd_maxit,
+                     irls_max_iter=irls_max_iter)
     power = _POWER.get(loss, tweedie_power)
     arr = functools.partial(jnp.asarray, dtype=dtype)
     hp = IrlsHyper(tol=arr(tol), L1=arr(L1), L2=arr(L2), delta=arr(delta), irls_tol=arr(vals["irls_tol"]),
                    power=arr(power), theta_init=arr(theta_init), theta_max=arr(vals["theta_max"]),
                    nb_size_init=arr(vals["nb_size_init"]), nb_size_max=arr(vals["nb_size_max"]),
                    nb_size_min=arr(vals["nb_size_min"]), phi_init=arr(vals["gamma_phi_init"]),
-                   phi_max=arr(vals["gamma_phi_max"]), phi_min=arr(vals["gamma_phi_min"]))
+                   phi_max=arr(vals["gamma_phi_max"]), phi_min=arr(vals["gamma_phi_min"]),
+                   dispersion=jnp.asarray(DISPERSIONS.index(dispersion), jnp.int32))
     none = dispersion == "none"
     start = {"gp": 0.0 if none else theta_init, "nb": vals["nb_size_max"] if none else vals["nb_size_init"]}
     disp0 = np.full(m, start.get(loss, 1.0 if none else vals["gamma_phi_init"]))
