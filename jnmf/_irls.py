@@ -67,7 +67,7 @@ from ._model import NMFModel
 from ._options import Config, check_dtype
 from ._step import State, advance, finish_model
 
-__all__ = ["LOSSES", "DISPERSIONS", "fit_rcppml_loss"]
+__all__ = ["DISPERSIONS", "LOSSES", "Prepared", "fit_rcppml_loss", "prepare_rcppml_loss"]
 
 LOSSES = ("mse", "gp", "nb", "gamma", "inverse_gaussian", "tweedie")
 DISPERSIONS = ("none", "per_row", "global")
@@ -101,12 +101,9 @@ class IrlsHyper:
     delta: jax.Array  # Huber delta of the Pearson residual (robust only)
     irls_tol: jax.Array
     power: jax.Array  # variance power p of gamma (2), inverse Gaussian (3), Tweedie
-    theta_init: jax.Array
     theta_max: jax.Array
-    nb_size_init: jax.Array
     nb_size_max: jax.Array
     nb_size_min: jax.Array
-    phi_init: jax.Array
     phi_max: jax.Array
     phi_min: jax.Array
     dispersion: jax.Array  # int32 index into DISPERSIONS: an array, so the three modes share one program
@@ -304,7 +301,16 @@ def _nb_nll(y: jax.Array, mu: jax.Array, r: jax.Array) -> jax.Array:
 def _objective(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, S: jax.Array | None, P: jax.Array,
                disp: jax.Array) -> jax.Array:
     """RcppML's objective (§3.6) of the prediction P (m, n): the sum of per-entry terms over stored entries
-    (sparse semantics) or all entries (dense)."""
+    (sparse semantics) or all entries (dense). RcppML sums them in a float32 running sum (column-major); this sum
+    is XLA's (pairwise)."""
+    e = _entry_terms(cfg, hp, A, P, disp)
+    if S is not None:
+        e = jnp.where(S, e, jnp.zeros_like(e))
+    return jnp.sum(e)
+
+
+def _entry_terms(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, P: jax.Array, disp: jax.Array) -> jax.Array:
+    """The objective's per-entry terms (m, n) at the prediction P; ``disp`` (m,) the row dispersions."""
     y = A
     mu = jnp.maximum(P, 1e-10)
     col = disp[:, None]
@@ -341,9 +347,7 @@ def _objective(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, S: jax.Array | None
             general = 2 * (jnp.power(yp, 2 - p) / ((1 - p) * (2 - p)) - yp * jnp.power(mu, 1 - p) / (1 - p)
                            + jnp.power(mu, 2 - p) / (2 - p))
             e = jnp.where(jnp.abs(p - 1) < 1e-6, poisson_dev, jnp.where(jnp.abs(p - 2) < 1e-6, gamma_dev, general))
-    if S is not None:
-        e = jnp.where(S, e, jnp.zeros_like(e))
-    return jnp.sum(e)
+    return e
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -424,6 +428,42 @@ def fit_rcppml_loss(A: Any, k: int, *, loss: str, robust: Any = False, dispersio
         ``loss_history`` are RcppML's objective) and a dict with ``"theta"`` (gp) or ``"r"`` (nb) or ``"phi"``
         (gamma / inverse_gaussian / tweedie), each (m,) per row of A (constant for ``"global"``); empty for mse.
     """
+    prepared = prepare_rcppml_loss(
+        A, k, loss=loss, robust=robust, dispersion=dispersion, w_init=w_init, tol=tol, maxit=maxit, L1=L1, L2=L2,
+        cd_maxit=cd_maxit, irls_max_iter=irls_max_iter, irls_tol=irls_tol, theta_init=theta_init,
+        theta_max=theta_max, nb_size_init=nb_size_init, nb_size_max=nb_size_max, nb_size_min=nb_size_min,
+        gamma_phi_init=gamma_phi_init, gamma_phi_max=gamma_phi_max, gamma_phi_min=gamma_phi_min,
+        tweedie_power=tweedie_power, sparse_semantics=sparse_semantics, dtype=dtype)
+    if isinstance(prepared, dict):
+        # loss="mse" without robust is not IRLS in RcppML: its standard MSE path (Cholesky-clip for k < 32
+        # without L1, else CD), which jnmf.nmf reproduces.
+        from ._solve import nmf
+
+        return nmf(**prepared), {}
+    model, disp = _fit(prepared.cfg, prepared.hp, prepared.A, prepared.S, prepared.w0, prepared.disp0)
+    name = {"gp": "theta", "nb": "r", "mse": None}.get(prepared.cfg.loss, "phi")
+    return model, ({} if name is None else {name: disp})
+
+
+class Prepared(NamedTuple):
+    """A validated IRLS fit: static ``cfg``, array ``hp``, dense A (m, n), stored indicator S (or None for the
+    dense semantics), initial W (m, k) and initial dispersion (m,)."""
+
+    cfg: IrlsConfig
+    hp: IrlsHyper
+    A: jax.Array
+    S: jax.Array | None
+    w0: jax.Array
+    disp0: jax.Array
+
+
+def prepare_rcppml_loss(A: Any, k: int, *, loss: str, robust: Any, dispersion: str, w_init: Any, tol: Any,
+                        maxit: Any, L1: Any, L2: Any, cd_maxit: Any, irls_max_iter: Any, irls_tol: Any,
+                        theta_init: Any, theta_max: Any, nb_size_init: Any, nb_size_max: Any, nb_size_min: Any,
+                        gamma_phi_init: Any, gamma_phi_max: Any, gamma_phi_min: Any, tweedie_power: Any,
+                        sparse_semantics: Any, dtype: Any) -> Prepared | dict[str, Any]:
+    """Validate ``fit_rcppml_loss``'s arguments (errors name the argument) before any compute; build the
+    ``Prepared`` fit, or, for ``loss="mse"`` without ``robust``, the keyword arguments of ``jnmf.nmf``."""
     V.check_choice(loss, "loss", LOSSES)
     if dispersion == "per_col":
         raise ValueError("dispersion='per_col' is not reproduced (only 'per_row', 'global', 'none')")
@@ -460,11 +500,8 @@ def fit_rcppml_loss(A: Any, k: int, *, loss: str, robust: Any = False, dispersio
             raise ValueError(f"{name} must be > 0, got {vals[name]}")
 
     if loss == "mse" and delta == 0:
-        # Not IRLS in RcppML: its standard MSE path (Cholesky-clip for k < 32 without L1, else CD).
-        from ._solve import nmf
-
-        return nmf(A, k, w_init=w0, tol=tol, maxit=maxit, L1=L1, L2=L2, cd_maxit=cd_maxit, solver="rcppml",
-                   dtype=dtype), {}
+        return dict(A=A, k=k, w_init=w0, tol=tol, maxit=maxit, L1=L1, L2=L2, cd_maxit=cd_maxit, solver="rcppml",
+                    dtype=dtype)
 
     sparse_in = sp.issparse(A)
     semantics = sparse_in if sparse_semantics is None else bool(sparse_semantics)
@@ -482,14 +519,11 @@ def fit_rcppml_loss(A: Any, k: int, *, loss: str, robust: Any = False, dispersio
     power = _POWER.get(loss, tweedie_power)
     arr = functools.partial(jnp.asarray, dtype=dtype)
     hp = IrlsHyper(tol=arr(tol), L1=arr(L1), L2=arr(L2), delta=arr(delta), irls_tol=arr(vals["irls_tol"]),
-                   power=arr(power), theta_init=arr(theta_init), theta_max=arr(vals["theta_max"]),
-                   nb_size_init=arr(vals["nb_size_init"]), nb_size_max=arr(vals["nb_size_max"]),
-                   nb_size_min=arr(vals["nb_size_min"]), phi_init=arr(vals["gamma_phi_init"]),
-                   phi_max=arr(vals["gamma_phi_max"]), phi_min=arr(vals["gamma_phi_min"]),
+                   power=arr(power), theta_max=arr(vals["theta_max"]), nb_size_max=arr(vals["nb_size_max"]),
+                   nb_size_min=arr(vals["nb_size_min"]), phi_max=arr(vals["gamma_phi_max"]),
+                   phi_min=arr(vals["gamma_phi_min"]),
                    dispersion=jnp.asarray(DISPERSIONS.index(dispersion), jnp.int32))
     none = dispersion == "none"
     start = {"gp": 0.0 if none else theta_init, "nb": vals["nb_size_max"] if none else vals["nb_size_init"]}
     disp0 = np.full(m, start.get(loss, 1.0 if none else vals["gamma_phi_init"]))
-    model, disp = _fit(cfg, hp, arr(A), jnp.asarray(S) if semantics else None, arr(w0), arr(disp0))
-    name = {"gp": "theta", "nb": "r", "mse": None}.get(loss, "phi")
-    return model, ({} if name is None else {name: disp})
+    return Prepared(cfg, hp, arr(A), jnp.asarray(S) if semantics else None, arr(w0), arr(disp0))
