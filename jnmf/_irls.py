@@ -82,8 +82,6 @@ class IrlsConfig:
     """Static structure of an IRLS fit (a new value compiles a new program)."""
 
     k: int
-    loss: str
-    robust: bool
     sparse: bool
     maxit: int
     cd_maxit: int
@@ -95,10 +93,11 @@ class IrlsConfig:
 class IrlsHyper:
     """Array hyperparameters; (W, H) pairs as RcppML orders them."""
 
+    loss: jax.Array  # int32 index into LOSSES: one program serves every loss (``lax.switch``)
     tol: jax.Array
     L1: jax.Array
     L2: jax.Array
-    delta: jax.Array  # Huber delta of the Pearson residual (robust only)
+    delta: jax.Array  # Huber delta of the Pearson residual; 0: not robust
     irls_tol: jax.Array
     power: jax.Array  # variance power p of gamma (2), inverse Gaussian (3), Tweedie
     theta_max: jax.Array
@@ -116,25 +115,31 @@ class _Carry(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------------- weights
 
-def _weights(cfg: IrlsConfig, hp: IrlsHyper, y: jax.Array, mu: jax.Array, r: jax.Array) -> jax.Array:
-    """IRLS weights (§3.5) at the unfloored prediction ``mu`` of entries ``y`` (same shape; ``r`` the NB size of
-    each entry's row of A, broadcastable)."""
+def _by_loss(hp: IrlsHyper, fn: Any, *operands: Any) -> Any:
+    """``fn(loss_name, *operands)`` for the fit's loss: ``lax.switch`` over LOSSES (one branch runs)."""
+    return lax.switch(hp.loss, [functools.partial(fn, name) for name in LOSSES], *operands)
+
+
+def _distribution_weights(loss: str, power: jax.Array, mu: jax.Array, r: jax.Array) -> jax.Array:
     one = jnp.ones_like(mu)
-    if cfg.loss == "gp":  # D11: KL weights whatever theta
-        w = one / jnp.maximum(mu, 1e-4)
-    elif cfg.loss == "nb":
+    if loss == "gp":  # D11: KL weights whatever theta
+        return one / jnp.maximum(mu, 1e-4)
+    if loss == "nb":
         mu_c = jnp.maximum(mu, 1e-15)
         rr = jnp.maximum(r, 1e-10)
-        w = jnp.minimum(rr / (mu_c * (rr + mu_c)), 1e6)
-    elif cfg.loss in ("gamma", "inverse_gaussian", "tweedie"):
-        w = jnp.minimum(one / jnp.power(jnp.maximum(mu, 1e-15), hp.power), 1e6)
-    else:
-        w = one
-    if cfg.robust:
-        pearson = (y - mu) * jnp.sqrt(jnp.maximum(w, 1e-15))
-        a = jnp.abs(pearson)
-        w = w * jnp.where(a <= hp.delta, one, hp.delta / (a + 1e-15))
-    return w
+        return jnp.minimum(rr / (mu_c * (rr + mu_c)), 1e6)
+    if loss in ("gamma", "inverse_gaussian", "tweedie"):
+        return jnp.minimum(one / jnp.power(jnp.maximum(mu, 1e-15), power), 1e6)
+    return one
+
+
+def _weights(hp: IrlsHyper, y: jax.Array, mu: jax.Array, r: jax.Array) -> jax.Array:
+    """IRLS weights (§3.5) at the unfloored prediction ``mu`` of entries ``y`` (same shape; ``r`` the NB size of
+    each entry's row of A, broadcastable); robust (delta > 0): times Huber's factor of the Pearson residual."""
+    w = _by_loss(hp, _distribution_weights, hp.power, mu, jnp.broadcast_to(r, mu.shape))
+    a = jnp.abs((y - mu) * jnp.sqrt(jnp.maximum(w, 1e-15)))
+    huber = jnp.where(a <= hp.delta, jnp.ones_like(w), hp.delta / (a + 1e-15))
+    return jnp.where(hp.delta > 0, w * huber, w)
 
 
 # ---------------------------------------------------------------------------------------------------- solves
@@ -178,7 +183,7 @@ def irls_solve(cfg: IrlsConfig, hp: IrlsHyper, F: jax.Array, Y: jax.Array, S: ja
 
     def system(X):
         mu = jnp.dot(F.T, X, precision=_HIGHEST)  # (q, p)
-        w = _weights(cfg, hp, Y, mu, r)
+        w = _weights(hp, Y, mu, r)
         if S is not None:  # D10: zeros keep weight 1 through the plain Gram
             dw = jnp.where(S, w - 1, jnp.zeros_like(w))
             G = G0[:, :, None] + jnp.einsum("aq,qj,bq->abj", F, dw, F, precision=_HIGHEST)
@@ -210,26 +215,25 @@ def _normalise(X: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 # ---------------------------------------------------------------------------------------------------- dispersion
 
-def _update_dispersion(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, S: jax.Array | None, Wd: jax.Array,
+def _update_dispersion(hp: IrlsHyper, A: jax.Array, S: jax.Array | None, Wd: jax.Array,
                        H: jax.Array, P: jax.Array, disp: jax.Array) -> jax.Array:
     """§3.7: GP theta (MM, 5 passes), NB size r (method of moments) or phi (diagnostic), per row or global;
     ``Wd = W' diag(d)`` (k, m), H (k, n), P = Wd' H (m, n)."""
-    if cfg.loss == "mse":
+    new = _by_loss(hp, functools.partial(_dispersion_rows, hp=hp, A=A, S=S), Wd, H, P, disp)
+    # global: GP theta is the mean of the per-row MM estimates, NB r and phi the element at floor(m/2) of the
+    # sorted rows (nth_element)
+    glob = jnp.where(hp.loss == LOSSES.index("gp"), jnp.mean(new), jnp.sort(new)[new.shape[0] // 2])
+    return jnp.where(hp.dispersion == 0, disp, jnp.where(hp.dispersion == 2, jnp.full_like(new, glob), new))
+
+
+def _dispersion_rows(loss: str, Wd: jax.Array, H: jax.Array, P: jax.Array, disp: jax.Array, *, hp: IrlsHyper,
+                     A: jax.Array, S: jax.Array | None) -> jax.Array:
+    """The per-row estimates of ``_update_dispersion`` (rows without data keep ``disp``; mse has none)."""
+    if loss == "mse":
         return disp
-    new = _dispersion_rows(cfg, hp, A, S, Wd, H, P, disp)
-    if cfg.loss == "gp":  # global theta: the mean of the per-row MM estimates
-        glob = jnp.full_like(new, jnp.mean(new))
-    else:  # NB r and phi: the element at floor(m/2) of the sorted rows (nth_element)
-        glob = jnp.full_like(new, jnp.sort(new)[new.shape[0] // 2])
-    return jnp.where(hp.dispersion == 0, disp, jnp.where(hp.dispersion == 2, glob, new))
-
-
-def _dispersion_rows(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, S: jax.Array | None, Wd: jax.Array,
-                     H: jax.Array, P: jax.Array, disp: jax.Array) -> jax.Array:
-    """The per-row estimates of ``_update_dispersion`` (rows without data keep ``disp``)."""
     zero = jnp.zeros_like(A)
     stored = jnp.ones(A.shape, bool) if S is None else S
-    if cfg.loss == "gp":
+    if loss == "gp":
         s = jnp.maximum(P, 1e-10)
         ge1 = stored & (A >= 1)
         sum_y = jnp.sum(jnp.where(stored, A, zero), axis=1)
@@ -250,7 +254,7 @@ def _dispersion_rows(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, S: jax.Array 
             return jnp.where(ok, cand, theta)
 
         return lax.fori_loop(0, 5, mm, disp)
-    if cfg.loss == "nb":
+    if loss == "nb":
         mu = jnp.maximum(P, 1e-10)
         if S is not None:
             G = jnp.dot(H, H.T, precision=_HIGHEST) + 1e-15 * jnp.eye(H.shape[0], dtype=H.dtype)
@@ -303,65 +307,70 @@ def _objective(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, S: jax.Array | None
     """RcppML's objective (§3.6) of the prediction P (m, n): the sum of per-entry terms over stored entries
     (sparse semantics) or all entries (dense). RcppML sums them in a float32 running sum (column-major); this sum
     is XLA's (pairwise)."""
-    e = _entry_terms(cfg, hp, A, P, disp)
+    e = _entry_terms(hp, A, P, disp)
     if S is not None:
         e = jnp.where(S, e, jnp.zeros_like(e))
     return jnp.sum(e)
 
 
-def _entry_terms(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, P: jax.Array, disp: jax.Array) -> jax.Array:
+def _entry_terms(hp: IrlsHyper, A: jax.Array, P: jax.Array, disp: jax.Array) -> jax.Array:
     """The objective's per-entry terms (m, n) at the prediction P; ``disp`` (m,) the row dispersions."""
-    y = A
+    col = jnp.broadcast_to(disp[:, None], A.shape)
+    return lax.cond(hp.delta > 0, lambda: _by_loss(hp, _huber_terms, hp.delta, hp.power, A, P, col),
+                    lambda: _by_loss(hp, _distribution_terms, hp.power, A, P, col))
+
+
+def _huber_terms(loss: str, delta: jax.Array, p: jax.Array, y: jax.Array, P: jax.Array, col: jax.Array
+                 ) -> jax.Array:
+    """Robust: Huber's rho of the Pearson residual ``(y - mu') / sqrt(V(mu'))``, V the loss's variance."""
     mu = jnp.maximum(P, 1e-10)
-    col = disp[:, None]
-    if cfg.robust:
-        if cfg.loss == "mse":
-            V_ = jnp.ones_like(mu)
-        elif cfg.loss == "gp":
-            V_ = mu
-        elif cfg.loss == "nb":
-            V_ = mu + mu * mu / jnp.maximum(col, 1e-10)
-        else:
-            V_ = jnp.power(mu, hp.power)
-        z = jnp.abs((y - mu) / jnp.sqrt(jnp.maximum(V_, 1e-20)))
-        e = jnp.where(z <= hp.delta, 0.5 * z * z, hp.delta * z - 0.5 * hp.delta * hp.delta)
-    elif cfg.loss == "mse":
-        e = (y - P) ** 2
-    elif cfg.loss == "gp":
-        theta = col
-        e = (-jnp.log(mu / (1 + theta))
-             - jnp.where(y >= 1, (y - 1) * jnp.log(jnp.maximum((mu + theta * y) / (1 + theta), 1e-10)), 0.0)
-             + (mu + theta * y) / (1 + theta))
-    elif cfg.loss == "nb":
-        e = _nb_nll(y, mu, jnp.maximum(col, 1e-10))
+    if loss == "mse":
+        var = jnp.ones_like(mu)
+    elif loss == "gp":
+        var = mu
+    elif loss == "nb":
+        var = mu + mu * mu / jnp.maximum(col, 1e-10)
     else:
-        yp = jnp.maximum(y, 1e-10)
-        p = hp.power
-        gamma_dev = 2 * (-jnp.log(yp / mu) + (yp - mu) / mu)
-        if cfg.loss == "gamma":
-            e = gamma_dev
-        elif cfg.loss == "inverse_gaussian":
-            e = (yp - mu) ** 2 / (mu * mu * yp)
-        else:
-            poisson_dev = 2 * (yp * jnp.log(yp / mu) - (yp - mu))
-            general = 2 * (jnp.power(yp, 2 - p) / ((1 - p) * (2 - p)) - yp * jnp.power(mu, 1 - p) / (1 - p)
-                           + jnp.power(mu, 2 - p) / (2 - p))
-            e = jnp.where(jnp.abs(p - 1) < 1e-6, poisson_dev, jnp.where(jnp.abs(p - 2) < 1e-6, gamma_dev, general))
-    return e
+        var = jnp.power(mu, p)
+    z = jnp.abs((y - mu) / jnp.sqrt(jnp.maximum(var, 1e-20)))
+    return jnp.where(z <= delta, 0.5 * z * z, delta * z - 0.5 * delta * delta)
+
+
+def _distribution_terms(loss: str, p: jax.Array, y: jax.Array, P: jax.Array, col: jax.Array) -> jax.Array:
+    mu = jnp.maximum(P, 1e-10)
+    if loss == "mse":
+        return (y - P) ** 2
+    if loss == "gp":
+        theta = col
+        return (-jnp.log(mu / (1 + theta))
+                - jnp.where(y >= 1, (y - 1) * jnp.log(jnp.maximum((mu + theta * y) / (1 + theta), 1e-10)), 0.0)
+                + (mu + theta * y) / (1 + theta))
+    if loss == "nb":
+        return _nb_nll(y, mu, jnp.maximum(col, 1e-10))
+    yp = jnp.maximum(y, 1e-10)
+    gamma_dev = 2 * (-jnp.log(yp / mu) + (yp - mu) / mu)
+    if loss == "gamma":
+        return gamma_dev
+    if loss == "inverse_gaussian":
+        return (yp - mu) ** 2 / (mu * mu * yp)
+    poisson_dev = 2 * (yp * jnp.log(yp / mu) - (yp - mu))
+    general = 2 * (jnp.power(yp, 2 - p) / ((1 - p) * (2 - p)) - yp * jnp.power(mu, 1 - p) / (1 - p)
+                   + jnp.power(mu, 2 - p) / (2 - p))
+    return jnp.where(jnp.abs(p - 1) < 1e-6, poisson_dev, jnp.where(jnp.abs(p - 2) < 1e-6, gamma_dev, general))
 
 
 # ---------------------------------------------------------------------------------------------------- driver
 
 def _step(cfg: IrlsConfig, hp: IrlsHyper, A: jax.Array, S: jax.Array | None, carry: _Carry) -> _Carry:
     state, disp = carry
-    r = disp if cfg.loss == "nb" else jnp.ones_like(disp)
+    r = jnp.where(hp.loss == LOSSES.index("nb"), disp, jnp.ones_like(disp))
     H_raw = irls_solve(cfg, hp, state.W, A, S, r[:, None], hp.L1[1], hp.L2[1])
     _, H = _normalise(H_raw)  # the H half's scale is discarded
     W_raw = irls_solve(cfg, hp, H, A.T, None if S is None else S.T, r[None, :], hp.L1[0], hp.L2[0])
     d, W = _normalise(W_raw)
     Wd = W * d[:, None]
     P = jnp.dot(Wd.T, H, precision=_HIGHEST)
-    disp = _update_dispersion(cfg, hp, A, S, Wd, H, P, disp)
+    disp = _update_dispersion(hp, A, S, Wd, H, P, disp)
     loss = _objective(cfg, hp, A, S, P, disp)
     return _Carry(advance(state, W, H, d, loss, hp.tol, 5), disp)
 
@@ -441,7 +450,7 @@ def fit_rcppml_loss(A: Any, k: int, *, loss: str, robust: Any = False, dispersio
 
         return nmf(**prepared), {}
     model, disp = _fit(prepared.cfg, prepared.hp, prepared.A, prepared.S, prepared.w0, prepared.disp0)
-    name = {"gp": "theta", "nb": "r", "mse": None}.get(prepared.cfg.loss, "phi")
+    name = {"gp": "theta", "nb": "r", "mse": None}.get(prepared.loss, "phi")
     return model, ({} if name is None else {name: disp})
 
 
@@ -451,6 +460,7 @@ class Prepared(NamedTuple):
 
     cfg: IrlsConfig
     hp: IrlsHyper
+    loss: str
     A: jax.Array
     S: jax.Array | None
     w0: jax.Array
@@ -514,11 +524,11 @@ def prepare_rcppml_loss(A: Any, k: int, *, loss: str, robust: Any, dispersion: s
     else:
         A = np.asarray(A, np.float64)
         S = A != 0
-    cfg = IrlsConfig(k=k, loss=loss, robust=delta > 0, sparse=semantics, maxit=maxit, cd_maxit=cd_maxit,
-                     irls_max_iter=irls_max_iter)
+    cfg = IrlsConfig(k=k, sparse=semantics, maxit=maxit, cd_maxit=cd_maxit, irls_max_iter=irls_max_iter)
     power = _POWER.get(loss, tweedie_power)
     arr = functools.partial(jnp.asarray, dtype=dtype)
-    hp = IrlsHyper(tol=arr(tol), L1=arr(L1), L2=arr(L2), delta=arr(delta), irls_tol=arr(vals["irls_tol"]),
+    hp = IrlsHyper(loss=jnp.asarray(LOSSES.index(loss), jnp.int32), tol=arr(tol), L1=arr(L1), L2=arr(L2),
+                   delta=arr(delta), irls_tol=arr(vals["irls_tol"]),
                    power=arr(power), theta_max=arr(vals["theta_max"]), nb_size_max=arr(vals["nb_size_max"]),
                    nb_size_min=arr(vals["nb_size_min"]), phi_max=arr(vals["gamma_phi_max"]),
                    phi_min=arr(vals["gamma_phi_min"]),
@@ -526,4 +536,4 @@ def prepare_rcppml_loss(A: Any, k: int, *, loss: str, robust: Any, dispersion: s
     none = dispersion == "none"
     start = {"gp": 0.0 if none else theta_init, "nb": vals["nb_size_max"] if none else vals["nb_size_init"]}
     disp0 = np.full(m, start.get(loss, 1.0 if none else vals["gamma_phi_init"]))
-    return Prepared(cfg, hp, arr(A), jnp.asarray(S) if semantics else None, arr(w0), arr(disp0))
+    return Prepared(cfg, hp, loss, arr(A), jnp.asarray(S) if semantics else None, arr(w0), arr(disp0))
