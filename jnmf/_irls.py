@@ -43,10 +43,22 @@ jnmf's own mode (``nmf(loss=...)`` outside ``loss_mode="rcppml"``; the ``losses`
 sparse and dense input, monotone (majorize-minimize) updates of a stated objective, dispersion that enters the
 weights, documented zero handling for gamma / Tweedie, and masks that combine with every loss.
 
+Structure: one jit-compiled ``lax.while_loop`` over outer iterations (``_fit``) whose carry is ``_step.State``
+plus the dispersion vector; ``_step.advance`` is RcppML's §3.8 rule as it stands (patience 5 on
+``|L_prev - L| / (|L_prev| + 1e-15) < tol`` from the second iteration), with the previous objective starting at
+FLT_MAX; ``_step.running`` is not used because RcppML does not stop on a non-finite objective. The IRLS solves
+batch their columns (per-column weighted Gram matrices (k, k, p), CD row-wise across columns). The loss, the
+robustness (Huber delta, 0 = off) and the dispersion mode are array leaves (``lax.switch`` picks the loss's
+branch), so one compiled program per data shape and ``(k, maxit, cd_maxit, irls_max_iter, semantics)`` serves
+every setting, and ``tweedie_power``, delta and the dispersion bounds can be vmapped.
+
 Known residual differences: sums (Gram matrices, objective) are pairwise in XLA, not RcppML's sequential float32
-sums, and the dispersion updates run in the fit's dtype (RcppML: double for GP theta); the per-column order of
-CD updates and every formula are RcppML's. On the chaotic settings (gamma, inverse Gaussian, Tweedie, robust
-"mae") that rounding difference grows until the trajectories part (tests/test_irls.py says where).
+sums (RcppML's objective is exactly the float32 running sum of its per-entry terms in column-major order; on dense
+hawaiibirds, 216,489 terms, that running sum sits up to 5.4e-4 below the exact one), the NB objective is
+evaluated in a cancellation-free form (RcppML uses double), and the dispersion updates run in the fit's dtype
+(RcppML: double). The order of CD updates and every formula are RcppML's. On the chaotic settings (gamma,
+inverse Gaussian, Tweedie, robust "mae") rounding differences grow until the trajectories part
+(tests/test_irls.py says where).
 """
 
 from __future__ import annotations
