@@ -158,7 +158,8 @@ def _weights(hp: IrlsHyper, y: jax.Array, mu: jax.Array, r: jax.Array) -> jax.Ar
 
 def _cd_sweeps(G: jax.Array, B: jax.Array, X: jax.Array, cd_maxit: int) -> jax.Array:
     """Exactly ``cd_maxit`` sequential CD sweeps (coordinates 0..k-1, no tolerance check) of every column's own
-    NNLS ``min_{x>=0} 1/2 x'G_j x - b_j'x`` in residual form. G (k, k, p), B (k, p), X (k, p) the start."""
+    NNLS ``min_{x>=0} 1/2 x'G_j x - b_j'x`` in residual form. G (k, k, p) symmetric, B (k, p), X (k, p) the
+    start."""
     k = X.shape[0]
     R = B - jnp.einsum("abj,bj->aj", G, X, precision=_HIGHEST)
     diag = jnp.diagonal(G, axis1=0, axis2=1).T  # (k, p)
@@ -174,7 +175,8 @@ def _cd_sweeps(G: jax.Array, B: jax.Array, X: jax.Array, cd_maxit: int) -> jax.A
         skip = (diag[i] <= 0) | (step == 0)
         step = jnp.where(skip, jnp.zeros_like(step), step)
         X = X.at[i].set(jnp.where(skip, xi, jnp.where(clip, jnp.zeros_like(xi), x_new)))
-        return X, R - G[:, i, :] * step[None, :]
+        # Column i of each G_j is its row i (exact symmetry, see _weighted_gram): a contiguous slice, ~2x faster.
+        return X, R - G[i] * step[None, :]
 
     def sweep(_, carry):
         return lax.fori_loop(0, k, coordinate, carry)
@@ -190,18 +192,24 @@ def irls_solve(cfg: IrlsConfig, hp: IrlsHyper, F: jax.Array, Y: jax.Array, S: ja
     k, p = F.shape[0], Y.shape[1]
     dtype = Y.dtype
     eye = jnp.eye(k, dtype=dtype)
+    FF = (F[:, None, :] * F[None, :, :]).reshape(k * k, -1)  # (k^2, q) outer products f_q f_q'
+    lower = jnp.tril(jnp.ones((k, k), bool))[:, :, None]
     if S is not None:
         G0 = jnp.dot(F, F.T, precision=_HIGHEST) + 1e-15 * eye
+
+    def weighted_gram(w):  # (k, k, p): sum_q w_qj f_q f_q' as one GEMM, mirrored from the lower triangle (RcppML)
+        G = jnp.dot(FF, w, precision=_HIGHEST).reshape(k, k, -1)
+        return jnp.where(lower, G, jnp.swapaxes(G, 0, 1))
 
     def system(X):
         mu = jnp.dot(F.T, X, precision=_HIGHEST)  # (q, p)
         w = _weights(hp, Y, mu, r)
         if S is not None:  # D10: zeros keep weight 1 through the plain Gram
-            dw = jnp.where(S, w - 1, jnp.zeros_like(w))
-            G = G0[:, :, None] + jnp.einsum("aq,qj,bq->abj", F, dw, F, precision=_HIGHEST)
+            G0s = jnp.where(lower[:, :, 0], G0, G0.T)
+            G = G0s[:, :, None] + weighted_gram(jnp.where(S, w - 1, jnp.zeros_like(w)))
             B = jnp.dot(F, jnp.where(S, w * Y, jnp.zeros_like(Y)), precision=_HIGHEST)
         else:
-            G = jnp.einsum("aq,qj,bq->abj", F, w, F, precision=_HIGHEST)
+            G = weighted_gram(w)
             B = jnp.dot(F, w * Y, precision=_HIGHEST)
         G = G + L2 * eye[:, :, None]
         # RcppML's CD subtracts L1 from rho_i / G_ii; in residual form that is b - L1 diag(G).
