@@ -128,7 +128,8 @@ class _Carry(NamedTuple):
 # ---------------------------------------------------------------------------------------------------- weights
 
 def _by_loss(hp: IrlsHyper, fn: Any, *operands: Any) -> Any:
-    """``fn(loss_name, *operands)`` for the fit's loss: ``lax.switch`` over LOSSES (one branch runs)."""
+    """``fn(loss_name, *operands)`` for the fit's loss: ``lax.switch`` over LOSSES (one branch runs; under vmap
+    every branch runs and one is selected)."""
     return lax.switch(hp.loss, [functools.partial(fn, name) for name in LOSSES], *operands)
 
 
@@ -175,7 +176,7 @@ def _cd_sweeps(G: jax.Array, B: jax.Array, X: jax.Array, cd_maxit: int) -> jax.A
         skip = (diag[i] <= 0) | (step == 0)
         step = jnp.where(skip, jnp.zeros_like(step), step)
         X = X.at[i].set(jnp.where(skip, xi, jnp.where(clip, jnp.zeros_like(xi), x_new)))
-        # Column i of each G_j is its row i (exact symmetry, see _weighted_gram): a contiguous slice, ~2x faster.
+        # Column i of each G_j is its row i (exactly symmetric: irls_solve mirrors it): a contiguous slice, ~2x faster.
         return X, R - G[i] * step[None, :]
 
     def sweep(_, carry):
@@ -196,6 +197,7 @@ def irls_solve(cfg: IrlsConfig, hp: IrlsHyper, F: jax.Array, Y: jax.Array, S: ja
     lower = jnp.tril(jnp.ones((k, k), bool))[:, :, None]
     if S is not None:
         G0 = jnp.dot(F, F.T, precision=_HIGHEST) + 1e-15 * eye
+        G0 = jnp.where(lower[:, :, 0], G0, G0.T)
 
     def weighted_gram(w):  # (k, k, p): sum_q w_qj f_q f_q' as one GEMM, mirrored from the lower triangle (RcppML)
         G = jnp.dot(FF, w, precision=_HIGHEST).reshape(k, k, -1)
@@ -205,8 +207,7 @@ def irls_solve(cfg: IrlsConfig, hp: IrlsHyper, F: jax.Array, Y: jax.Array, S: ja
         mu = jnp.dot(F.T, X, precision=_HIGHEST)  # (q, p)
         w = _weights(hp, Y, mu, r)
         if S is not None:  # D10: zeros keep weight 1 through the plain Gram
-            G0s = jnp.where(lower[:, :, 0], G0, G0.T)
-            G = G0s[:, :, None] + weighted_gram(jnp.where(S, w - 1, jnp.zeros_like(w)))
+            G = G0[:, :, None] + weighted_gram(jnp.where(S, w - 1, jnp.zeros_like(w)))
             B = jnp.dot(F, jnp.where(S, w * Y, jnp.zeros_like(Y)), precision=_HIGHEST)
         else:
             G = weighted_gram(w)
