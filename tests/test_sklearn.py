@@ -15,6 +15,7 @@ from sklearn.utils.estimator_checks import check_methods_subset_invariance, para
 import jnmf
 from tests.helpers import count_compiles
 
+
 @parametrize_with_checks([jnmf.NMF(random_state=0), jnmf.GuidedNMF(random_state=0)])
 def test_sklearn_compatible_estimator(estimator, check):
     """Every check passes (no expected failures): GuidedNMF.fit_transform is fit().transform, and the sample
