@@ -153,6 +153,8 @@ def _pad_columns(X: Any, n_pad: int, dtype: Any) -> Any:
     if sp.issparse(X):
         X = X.tocsr()
         return X if n == n_pad else sp.csr_matrix((X.data, X.indices, X.indptr), shape=(m, n_pad))
+    if n == n_pad:  # no host copy of a batch that already fills its bucket (beyond a dtype cast)
+        return jax.device_put(np.asarray(X, dtype))
     out = np.zeros((m, n_pad), dtype)
     out[:, :n] = np.asarray(X)
     return jax.device_put(out)
