@@ -5,6 +5,16 @@ It runs the H half of an outer iteration of ``nmf`` (reference §4) with the mod
 matrix ``G = w'w + 1e-15 I`` and ``b_j = w' a_j``, the same L1/L2/target modifications, the same solvers, then
 divides the raw solution by d. Projecting the training data therefore reproduces the model's h up to the
 change of W in the fit's last iteration.
+
+No recompile per batch size: the sample axis is padded with zero columns to a bucket (``sample_bucket``: n rounded
+up to a multiple of ``max(16, 2^e / 8)``, 2^e the power of two ``>= n``; so multiples of 16 up to 128, then four
+sizes per doubling, 160, 192, 224, 256, 320, ..., at most 25% padding) and the result is cut back to n columns;
+100, 101 and 102 samples all run as 112. A zero column is inert: its right-hand side is ``-L1 <= 0``, so its NNLS
+solution is 0, and with a zero target column it is an unlabelled sample, which the removal modes leave out of
+every class mean. The other columns are the unpadded solution (the solves are column-independent; the target
+curvature ``T T' / n`` enters only through a scale-free ratio). The floor of 16 columns also keeps a single sample
+off XLA's matrix-vector path, whose float32 sums round differently from the batched ones: a sample projected alone
+or in a batch gets the same numbers (scikit-learn's subset-invariance check, float32).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 from jax import lax
 
 from . import _validate as V
@@ -63,7 +74,27 @@ def project(
         mask: entries of A_new to ignore (True), as in ``nmf``; NaN entries are masked automatically. A column
             then uses its own Gram matrix ``w' diag(o_j) w`` over its observed entries.
         cd_maxit, cd_tol: coordinate-descent limits.
+
+    The sample axis is padded to ``sample_bucket(n_new)`` zero columns (module docstring), so batches of nearby
+    sizes share one compiled program; the result is exactly the unpadded one.
     """
+    h, n = _project_padded(model, A_new, target_H=target_H, target_lambda=target_lambda, removal=removal, L1=L1,
+                           L2=L2, nonneg=nonneg, solver=solver, mask=mask, cd_maxit=cd_maxit, cd_tol=cd_tol)
+    # Cut on the host: an eager jax slice (or jnp.asarray) would compile once per n, the cost the padding avoids.
+    return h if h.shape[1] == n else jax.device_put(np.asarray(h)[:, :n])
+
+
+def project_host(model: NMFModel, A_new: Any, **options: Any) -> np.ndarray:
+    """``project`` as a numpy array (k, n_new), without the device round trip of the cut (scikit-learn's path)."""
+    h, n = _project_padded(model, A_new, **options)
+    return np.asarray(h)[:, :n]
+
+
+def _project_padded(model: NMFModel, A_new: Any, *, target_H: Any = None, target_lambda: float = 0.0,
+                    removal: str = "scatter", L1: float = 0.0, L2: float = 0.0, nonneg: bool = True,
+                    solver: str = "auto", mask: Any = None, cd_maxit: int = 100, cd_tol: float = 1e-8
+                    ) -> tuple[jax.Array, int]:
+    """``project``'s checks and solve on the padded sample axis: (h of ``sample_bucket(n_new)`` columns, n_new)."""
     if not isinstance(model, NMFModel):
         raise TypeError(f"model must be an NMFModel, got {type(model).__name__}")
     if np.ndim(model.d) != 1:
@@ -86,14 +117,47 @@ def project(
         raise TypeError(f"nonneg must be a bool, got {nonneg!r}")
     T = None
     if target_H is not None:
-        T = jnp.asarray(V.check_matrix(target_H, "target_H", (k, n)), dtype)
+        T = np.asarray(V.check_matrix(target_H, "target_H", (k, n)), dtype)
     elif lam != 0:
         raise ValueError(f"target_lambda is {lam} but target_H is None; give a target or leave target_lambda at 0")
     solver = resolve_solver(solver, k, L1, scatter=T is not None and removal == "scatter" and lam < 0)
-    data = prepare_data(A_new, dtype, mask=M)
-    hyper = tuple(jnp.asarray(x, dtype) for x in (L1, L2, lam, cd_tol))
-    return _project_jit(jnp.asarray(model.w, dtype), jnp.asarray(model.d, dtype), data, T, *hyper,
-                        solver=solver, nonneg=bool(nonneg), removal=removal, cd_maxit=cd_maxit)
+    n_pad = sample_bucket(n)
+    # Padded and cast on the host, then placed with device_put: jnp.asarray of a host array compiles a small
+    # staging program per shape, which would undo the bucketing's one compile per bucket.
+    A_new, M, T = (_pad_columns(X, n_pad, dt) for X, dt in ((A_new, dtype), (M, bool), (T, dtype)))
+    data = prepare_data(A_new, dtype, mask=M, bucket=True)
+    hyper = tuple(jax.device_put(np.asarray(x, dtype)) for x in (L1, L2, lam, cd_tol))
+    h = _project_jit(jnp.asarray(model.w, dtype), jnp.asarray(model.d, dtype), data, T, *hyper,
+                     solver=solver, nonneg=bool(nonneg), removal=removal, cd_maxit=cd_maxit)
+    return h, n
+
+
+# Columns of the smallest bucket, and its step (see the module docstring for why a single sample is padded).
+_MIN_STEP = 16
+
+
+def sample_bucket(n: int) -> int:
+    """The padded sample count of a projection of n samples (module docstring): n rounded up to a multiple of
+    ``max(16, 2^e / 8)`` with ``2^e >= n`` the next power of two: 16, 32, ..., 112, 128, 160, 192, 224, 256, 320."""
+    n = int(n)
+    step = max(_MIN_STEP, 1 << max((n - 1).bit_length() - 3, 0))
+    return max(-(-n // step) * step, _MIN_STEP)
+
+
+def _pad_columns(X: Any, n_pad: int, dtype: Any) -> Any:
+    """X (m, n) with zero (False) columns appended up to n_pad, as a device array of ``dtype``; a sparse X stays a
+    CSR matrix (of its own dtype; the new columns hold no entries) and None passes through."""
+    if X is None:
+        return None
+    m, n = X.shape
+    if sp.issparse(X):
+        X = X.tocsr()
+        return X if n == n_pad else sp.csr_matrix((X.data, X.indices, X.indptr), shape=(m, n_pad))
+    if n == n_pad:  # no host copy of a batch that already fills its bucket (beyond a dtype cast)
+        return jax.device_put(np.asarray(X, dtype))
+    out = np.zeros((m, n_pad), dtype)
+    out[:, :n] = np.asarray(X)
+    return jax.device_put(out)
 
 
 # Majorize-minimize steps of a projection with removal="scatter" (the penalty couples the columns, so the

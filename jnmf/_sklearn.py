@@ -9,6 +9,9 @@ samples in columns: ``A = X'`` (n_features, n_samples) ``≈ w diag(d) h``. The 
     transform(X) = (diag(d) project(model_, X'))'
     inverse_transform(W) = W components_  so inverse_transform(transform(X)) ≈ X.
 
+``GuidedNMF.fit_transform(X, y)`` is ``transform(X)`` of the guided fit (the label-free projection, as at predict
+time); the guided fit's own embedding ``model_.embedding()`` is kept as ``embedding_`` (class docstring).
+
 The fitted ``NMFModel`` is kept as ``model_``.
 """
 
@@ -29,7 +32,7 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, v
 from ._guided import check_labels, guided_nmf
 from ._model import NMFModel
 from ._options import resolve_solver
-from ._project import project
+from ._project import project_host
 from ._solve import nmf
 from ._targets import label_codes
 
@@ -159,8 +162,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def _project_raw(self, model: NMFModel, A: Any, **guidance: Any) -> np.ndarray:
         """The raw NNLS solution ``diag(d) project(model, A)`` (k, n) with the estimator's solver and penalties."""
-        h = project(model, A, L1=self.L1, L2=self.L2, solver=self.solver, **guidance)
-        return np.asarray(model.d)[:, None] * np.asarray(h)
+        h = project_host(model, A, L1=self.L1, L2=self.L2, solver=self.solver, **guidance)
+        return np.asarray(model.d)[:, None] * h
 
     def _project(self, X: Any) -> np.ndarray:
         """W for new samples: nmf's NNLS projection of X' onto the fitted w, as (n_samples, k) in X's dtype."""
@@ -239,28 +242,46 @@ class GuidedNMF(NMF):
     information (``removal="scatter"``: penalises the between-class scatter of the embedding with monotone
     majorize-minimize updates; ``"project"``: removes a fraction ``min(target_lambda, 1)`` of the class-mean
     differences; ``"proj_adv"``: RcppML's PROJ_ADV, which does not converge). Missing labels (None, NaN) leave a
-    sample unguided. y is required.
+    sample unguided. y is required, with at least 2 classes among its labelled samples (checked before any fit).
 
-    ``transform(X)`` projects without guidance (it has no labels), as ``NMF.transform``. ``transform(X, y)`` applies
-    the fit's guidance to new samples with known labels: each gets its class's target column (labels unseen in fit
-    get 0), and the solution is scaled per component by ``h_scale_`` as the fit's embedding is, so that
-    ``transform(X, y)`` reproduces ``fit_transform(X, y)`` on the training data.
-    Other parameters and attributes as ``NMF``, plus:
+    Semantics (what a ``Pipeline`` or ``GridSearchCV`` sees). The labels shape the components W
+    (``components_``) and the training embedding of the guided fit (``embedding_``, the vignette's embedding).
+    ``transform(X)`` needs no labels: it projects X onto the guided components by NNLS (``jnmf.project``, no target
+    term), so held-out samples are embedded as they would be at prediction time. ``fit_transform(X, y)`` returns
+    exactly ``fit(X, y).transform(X)``, the same label-free projection of the training data, so that a model
+    selected by cross-validation is trained and evaluated on embeddings made the same way; the label-shaped
+    training embedding stays available as ``embedding_``. ``transform(X, y)`` applies the fit's guidance to
+    new samples with known labels (each gets its class's target column, labels unseen in the fit get 0, scaled per
+    component by ``h_scale_`` as the fit's embedding is), and reproduces ``embedding_`` on the training data (up
+    to the fit's last W change).
 
     Parameters
     ----------
+    n_components : int or None
+        Rank k, as ``NMF``.
     target_lambda : float >= 0
         Guidance strength (the magnitude of nmf's ``target_lambda``; the vignette uses 0.1).
     guidance : {"enrich", "remove"}
+        Enrich (``+target_lambda``) or remove (``-target_lambda``) the label information.
     removal : {"scatter", "project", "proj_adv"}
         Removal mode for ``guidance="remove"``.
     whiten : bool
         OAS-ZCA whiten the class target (``compute_target``).
+    tol, max_iter, random_state, solver, L1, L2
+        As ``NMF``.
 
     Attributes
     ----------
+    components_ : ndarray (n_components, n_features)
+        H of ``X ≈ W H``: the guided fit's ``w'``, rows summing to 1.
+    embedding_ : ndarray (n_samples, n_components)
+        The guided fit's training embedding ``(diag(d) h)'`` = ``model_.embedding()``, shaped by y.
+    reconstruction_err_ : float
+        ``|X - W H|_F`` of the returned ``W = fit_transform(X, y)`` (the label-free projection).
     base_model_ : NMFModel
         The unguided fit the target was computed from.
+    model_ : NMFModel
+        The guided fit of ``A = X'``.
     target_ : ndarray (n_components, n_samples)
         The target T of the guided fit, rows in the order of ``components_``.
     h_scale_ : ndarray (n_components,)
@@ -269,6 +290,27 @@ class GuidedNMF(NMF):
         Label levels (sorted, as R's ``as.factor``).
     class_targets_ : ndarray (n_components, n_classes)
         The target column of each class.
+    n_components_, n_features_in_, feature_names_in_, n_iter_
+        As ``NMF``.
+
+    Warnings
+    --------
+    The embedding of the training samples (``embedding_``, and ``jnmf.tl.nmf(labels_key=...)``'s ``X_nmf``) was
+    pulled toward the class targets of the very labels it is then scored against: clustering and
+    classification scores of it (``jnmf.assess``, kNN accuracy) partly measure the labels that shaped it, not
+    what the model learnt. Score guidance on held-out samples: fit on a training split and assess
+    ``transform(X_test)``, e.g. with ``cross_val_score(make_pipeline(GuidedNMF(...), KNeighborsClassifier()), X,
+    y)``.
+
+    Examples
+    --------
+    >>> import numpy as np, jnmf
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.uniform(size=(60, 12)), np.repeat(["a", "b", "c"], 20)
+    >>> est = jnmf.GuidedNMF(3, target_lambda=0.1, random_state=0).fit(X, y)
+    >>> W = est.transform(X)                  # label-free, == est.fit_transform(X, y)
+    >>> est.embedding_.shape                  # the guided training embedding
+    (60, 3)
     """
 
     _parameter_constraints: dict = {
@@ -335,8 +377,16 @@ class GuidedNMF(NMF):
         self.class_targets_ = T @ onehot / np.maximum(onehot.sum(0), 1.0)
         return model
 
+    def _store(self, model: NMFModel, X: Any) -> np.ndarray:
+        self.embedding_ = super()._store(model, X)
+        W = self._project(X)  # fit_transform == fit().transform: the label-free projection (class docstring)
+        self.reconstruction_err_ = _frobenius_error(X, W, self.components_)
+        return W
+
     def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
-        """Fit the guided model to X (n_samples, n_features) with labels y (n_samples,); return W (n_samples, k)."""
+        """Fit the guided model to X (n_samples, n_features) with labels y (n_samples,); return
+        ``W = transform(X)`` (n_samples, k), the label-free projection onto the guided components (the guided fit's
+        own training embedding is ``embedding_``)."""
         return super().fit_transform(X, y)
 
     def fit(self, X: Any, y: Any = None) -> GuidedNMF:
@@ -352,7 +402,9 @@ class GuidedNMF(NMF):
         return np.asarray(raw.T, X.dtype)
 
     def transform(self, X: Any, y: Any = None) -> np.ndarray:
-        """W (n_samples, k) for new X; with labels y, the fit's guidance is applied to the projection too."""
+        """W (n_samples, k) for X: its NNLS projection onto the guided components (no labels needed). With labels
+        y (n_samples,), the fit's guidance is applied to the projection too (reproduces ``embedding_`` on the
+        training data)."""
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
         if y is None:

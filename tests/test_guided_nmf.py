@@ -267,5 +267,5 @@ def test_one_guided_recipe_for_estimator_tl_and_main_job():
     ad = pytest.importorskip("anndata", reason="anndata is not installed (pip install jnmf[anndata])")
     adata = ad.AnnData(A.T.copy())
     adata.obs["y"] = y
-    jnmf.tl.nmf(adata, 4, labels_key="y", target_lambda=0.2, seed=3, solver="cd")
+    jnmf.tl.nmf(adata, 4, labels_key="y", target_lambda=0.2, random_state=3, solver="cd")
     np.testing.assert_array_equal(adata.obsm["X_nmf"], np.asarray(recipe.embedding()))

@@ -287,7 +287,7 @@ def test_tl_inmf_writes_obsm_in_cell_order():
     order = np.random.default_rng(0).permutation(21)
     batch = np.repeat(["a", "b"], [12, 9])[order]
     adata = ad.AnnData(X[order], obs=pd.DataFrame({"batch": batch}, index=[f"c{i}" for i in range(21)]))
-    jnmf.tl.inmf(adata, 2, batch_key="batch", seed=3, maxit=5, min_cells=3)
+    jnmf.tl.inmf(adata, 2, batch_key="batch", random_state=3, maxit=5, min_cells=3)
     # the same fit by hand: batches in order of their levels, cells in adata order within a batch
     idx = [np.flatnonzero(batch == b) for b in ("a", "b")]
     model = jnmf.inmf([X[order][i].T for i in idx], 2, seed=3, maxit=5)

@@ -1,12 +1,15 @@
 """jnmf.project: NNLS projection of new samples onto a fitted W (the H half of an nmf iteration)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+import scipy.sparse as sp
 
 import jnmf
-from jnmf._project import _project_jit
+from jnmf._project import _project_jit, sample_bucket
+from tests.helpers import count_compiles
 
 
 def test_projecting_the_training_data_reproduces_h(hawaiibirds):
@@ -84,3 +87,58 @@ def test_project_validation(toy_ref):
     batch = jax.tree.map(lambda x: np.stack([x, x]), model)
     with pytest.raises(ValueError, match="batch of models"):
         jnmf.project(batch, A)
+
+
+def _unpadded_projection(model, A, *, T=None, lam=0.0, removal="scatter", solver="cd", mask=None, L1=0.0, L2=0.0):
+    """The jitted projection on A's own n columns, without project()'s padding to a bucket."""
+    from jnmf._data import prepare_data
+
+    dtype = model.w.dtype
+    data = prepare_data(np.where(mask, 0.0, A) if mask is not None else A, dtype, mask=mask)
+    hyper = [jnp.asarray(x, dtype) for x in (L1, L2, lam, 1e-8)]
+    h = _project_jit(model.w, model.d, data, None if T is None else jnp.asarray(T, dtype), *hyper, solver=solver,
+                     nonneg=True, removal=removal, cd_maxit=100)
+    return np.asarray(h)
+
+
+@pytest.mark.parametrize("case", ["plain", "cholesky", "L1_L2", "mask", "enrich", "scatter", "project", "proj_adv",
+                                  "sparse"])
+def test_padding_to_a_bucket_gives_the_unpadded_result(toy_ref, case):
+    A = toy_ref["A"][:, :21]  # 21 samples run as 32
+    assert sample_bucket(21) == 32
+    rng = np.random.default_rng(1)
+    with jax.enable_x64(True):
+        model = jnmf.nmf(toy_ref["A"], 3, seed=1, solver="cd", maxit=30)
+        # a class target with every 4th sample unlabelled (a zero column, like the padding)
+        labels = np.array(np.arange(21) % 3, dtype=object)
+        labels[::4] = None
+        T = np.asarray(jnmf.compute_target(model.h[:, :21], labels))
+        assert np.all(T[:, ::4] == 0) and np.all(np.any(T[:, 1::4] != 0, axis=0))
+        kw = {"plain": {}, "cholesky": {"solver": "cholesky"}, "L1_L2": {"L1": 0.2, "L2": 0.5},
+              "mask": {"mask": rng.uniform(size=A.shape) < 0.3}, "enrich": {"T": T, "lam": 0.4},
+              "scatter": {"T": T, "lam": -0.4}, "project": {"T": T, "lam": -0.4, "removal": "project"},
+              "proj_adv": {"T": T, "lam": -0.05, "removal": "proj_adv"}, "sparse": {}}[case]
+        ref = _unpadded_projection(model, A, **kw)
+        args = {"target_H": kw.pop("T"), "target_lambda": kw.pop("lam")} if "T" in kw else {}
+        args["removal"] = kw.pop("removal", "scatter")
+        args["solver"] = kw.pop("solver", "cd")
+        data = sp.csr_matrix(A) if case == "sparse" else A
+        h = np.asarray(jnmf.project(model, data, **args, **kw))
+    assert h.dtype == np.float64 and h.shape == (3, 21)
+    np.testing.assert_allclose(h, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+
+
+def test_projecting_new_batch_sizes_compiles_once_per_bucket(toy_ref):
+    model = jnmf.nmf(toy_ref["A"], 3, seed=1, maxit=5)
+    rng = np.random.default_rng(2)
+    A = rng.uniform(size=(50, 102))
+    with count_compiles() as compiles:
+        h = [np.asarray(jnmf.project(model, A[:, :n])) for n in (100, 101, 102)]
+    assert len(compiles) <= 1, compiles
+    assert [x.shape for x in h] == [(3, 100), (3, 101), (3, 102)]
+    np.testing.assert_array_equal(h[0], h[2][:, :100])
+    assert [sample_bucket(n) for n in (1, 16, 17, 100, 128, 129, 1000, 1025)] == [16, 16, 32, 112, 128, 160, 1024,
+                                                                                  1280]
+    n = np.arange(1, 5000)
+    buckets = np.array([sample_bucket(i) for i in n])
+    assert np.all(buckets >= n) and np.all(buckets[n > 128] <= 1.25 * n[n > 128])
