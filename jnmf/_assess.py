@@ -1006,6 +1006,9 @@ def assess(
     "ari", "nmi", "silhouette", "classification", "batch_mixing", "scib" ("all": every one, the last two only with a
     batch). Everything but ``rf`` reproduces RcppML to rounding for the same seed.
 
+    Scores of an embedding guided by the same labels (a target, ``refine``, ``GuidedNMF``'s training embedding)
+    partly reflect the labels that shaped it: judge guidance on held-out samples (``GuidedNMF.transform``).
+
     Deviations from RcppML, all outside its tested path: empty label levels are always dropped (RcppML keeps them in
     ``n_classes`` when no sample is dropped); batch levels are kept as given, unused ones included, like RcppML;
     string levels sort by code point (R sorts by locale, which agrees for names of one case); classifier errors
