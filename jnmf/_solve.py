@@ -33,6 +33,7 @@ from jax import lax
 from . import _validate as V
 from ._data import DataLayout, place
 from ._input import check_scale, split_mask, squared_norm
+from ._losses import check_loss, check_loss_overrides, place_loss_data
 from ._model import NMFModel
 from ._options import Config, FitOptions, Hyper, check_dtype, check_overrides, signature_of, target_grams
 from ._step import finish_model, init_state, running, step
@@ -89,23 +90,33 @@ def build_problem(A: Any, k: Any, opts: FitOptions, *, L1_grid: Any = None, lamb
     A = V.check_data(A)
     check_scale(A, dtype.itemsize)
     m, n = A.shape
+    if opts.loss_mode == "rcppml":
+        raise ValueError("loss_mode='rcppml' (RcppML's IRLS, jnmf._irls) runs through nmf() only; prepare, solve and "
+                         "sweep fit jnmf's losses (loss_mode='jnmf')")
     plan = opts.resolve(m, n, k, masked=M is not None, L1_grid=L1_grid, lambda_grid=lambda_grid)
-    data = place(A, plan.dtype, plan.layout, M, plan.config.k, plan.devices, plan.max_memory_bytes,
-                 plan.sparse_kernel)
+    if plan.config.loss == "mse":
+        data = place(A, plan.dtype, plan.layout, M, plan.config.k, plan.devices, plan.max_memory_bytes,
+                     plan.sparse_kernel)
+    else:
+        data = place_loss_data(A, plan, M)
     return Problem(data=data, hyper=plan.hyper, w_init=plan.w0, sq_norm=jnp.asarray(squared_norm(A), plan.dtype),
                    config=plan.config)
 
 
 def solve(problem: Problem, *, target_lambda: Any = None, L1: Any = None, L2: Any = None, tol: Any = None,
-          w_init: Any = None, remove_lambda: Any = None) -> NMFModel:
+          w_init: Any = None, remove_lambda: Any = None, power: Any = None, delta: Any = None,
+          dispersion: Any = None) -> NMFModel:
     """Run a prepared fit; keyword overrides replace array hyperparameters (they may be traced, e.g. vmapped).
 
     ``target_lambda`` as a scalar applies to every target present; as a (W, H) pair it sets each side. Concrete
     overrides are validated as ``prepare`` validates them (same errors); traced ones are taken as they are.
+    ``power`` (tweedie), ``delta`` (huber/mae) and a fixed NB ``dispersion`` are the loss's array leaves:
+    ``jax.vmap(lambda p: solve(problem, power=p))(powers)`` fits a grid with one compiled program.
     Returns an ``NMFModel``; jit-compiled once per ``Config`` and array shapes.
     """
     hyper = check_overrides(problem.config, problem.hyper, target_lambda=target_lambda, L1=L1, L2=L2, tol=tol,
                             remove_lambda=remove_lambda)
+    hyper = check_loss_overrides(problem.config, hyper, power=power, delta=delta, dispersion=dispersion)
     problem = problem.replace(hyper=hyper)
     if w_init is not None:
         problem = problem.replace(w_init=jnp.asarray(w_init, problem.w_init.dtype))
@@ -232,6 +243,10 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
 
         FitOptions.of("nmf", options)  # unknown options are refused before the cross-validation runs
         k = auto_rank(A, **{name: value for name, value in options.items() if name not in ("target_H", "target_W")})
+    if options.get("loss_mode", "jnmf") == "rcppml":
+        check_loss(FitOptions.of("nmf", options))  # the names are checked before the parity path
+        raise NotImplementedError("loss_mode='rcppml' (RcppML's IRLS losses) is provided by jnmf._irls "
+                                  "(fit_rcppml_loss), which is not part of this build")
     model = solve(prepare(A, k, **options))
     check_finite(model)
     return model
