@@ -3,7 +3,7 @@
 ``nmf(A, k, loss=...)`` minimises ``sum_ij o_ij D(a_ij | mu_ij)`` (+ penalties) over ``W, H >= 0`` with
 ``mu = W diag(d) h``, ``o_ij = 0`` for missing entries (``mask=``/NaN) and 1 otherwise. Every entry counts,
 zeros included, for sparse and dense input alike (one rule; RcppML weighs sparse zeros differently, its D10).
-Per entry (``entry_loss``; mu is floored at ``tiny^(1/4)`` of the dtype (3e-10 in float32) inside logarithms and powers):
+Per entry (``entry_loss``; mu is floored at ``tiny^(1/4)`` of the dtype, 3e-10 in float32, in logs and powers):
 
 ====================  ==========================================================================================
 ``"mse"``             ``(a - mu)^2``: the default engine (``_step``), unchanged.
@@ -168,8 +168,8 @@ def check_loss(opts: Any, k: int | None = None) -> LossSpec:
     if loss == "tweedie":
         power = power_default if power is None else V.check_real(power, "power")
         if not POWER_RANGE[0] <= power <= POWER_RANGE[1]:
-            raise ValueError(f"power must be in [{POWER_RANGE[0]:g}, {POWER_RANGE[1]:g}] (1 Poisson, 2 gamma, 3 inverse "
-                             f"Gaussian), got {power}")
+            raise ValueError(f"power must be in [{POWER_RANGE[0]:g}, {POWER_RANGE[1]:g}] (1 Poisson, 2 gamma, "
+                             f"3 inverse Gaussian), got {power}")
     elif loss == "poisson":
         power = 1.0
     elif loss == "gamma":
@@ -586,7 +586,7 @@ def evaluate_loss(W: np.ndarray, H: np.ndarray, A: Any, ignore: np.ndarray | Non
         loss, power, delta, dispersion, False, "jnmf", "auto")
     spec = check_loss(opts)
     loss = spec.loss
-    m, n = W.shape[0], H.shape[1]
+    m = W.shape[0]
     if loss == "poisson" and sp.issparse(A) and ignore is None:
         coo = sp.coo_matrix(A)
         coo.sum_duplicates()

@@ -234,6 +234,26 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
         sparse_kernel: the sparse layout's kernel: ``"auto"`` (``"host"``, the CPU CSR kernel, on CPU; ``"ell"``,
             XLA gathers, elsewhere), ``"host"`` or ``"ell"``.
 
+        loss: the objective, ``sum_ij o_ij D(a_ij | mu_ij)`` over every observed entry (zeros included, for sparse
+            and dense input alike; ``_losses`` states each D and its update): ``"mse"`` (default, the squared error
+            above), ``"poisson"`` (alias ``"kl"``: ``a log(a/mu) - a + mu``), ``"nb"`` (negative binomial NLL, size
+            ``dispersion``), ``"gamma"`` (Itakura-Saito; zeros are treated as missing), ``"tweedie"`` (the
+            beta-divergence with beta = 2 - ``power``; zeros missing for power >= 2; ``"inverse_gaussian"`` is
+            power 3), ``"huber"`` (``delta``) and ``"mae"`` (smoothed, ``delta`` default 1e-4). Each half is a
+            majorize-minimize step, so the reported ``loss`` (+ scatter penalty) never increases. Non-MSE losses
+            ignore ``solver`` (it must stay ``"auto"``; huber/mae also take ``"cd"``: their weighted NNLS is CD
+            warm-started at the current factor), need ``nonneg=True`` for the multiplicative ones, accept L1, L2,
+            targets (lam > 0) and the scatter removal (poisson, nb, huber, mae; gamma/tweedie: L1 only), refuse
+            ``removal="proj_adv"``/``"project"`` removals, ``devices=`` and ``nmf_chunked``. Sparse input stays
+            sparse for poisson only (the other losses need the model at every entry).
+        power: Tweedie power p in [1, 3] (default 1.5, RcppML's); an array leaf (``solve(problem, power=p)``).
+        delta: Huber / MAE threshold > 0 (default 1.345 for huber, 1e-4 for mae); an array leaf.
+        dispersion: NB size r: a number or (m,) array (fixed; an array leaf), or ``"per_row"`` (default) /
+            ``"global"``: maximum likelihood, updated after every W half by safeguarded Newton steps.
+        robust: RcppML's spelling: ``True`` is ``loss="huber", delta=1.345``, ``"mae"`` is ``loss="mae"``, a number
+            is a Huber delta (on raw residuals here; RcppML's are Pearson residuals of its distribution).
+        loss_mode: ``"jnmf"`` (default: the losses above) or ``"rcppml"`` (RcppML's IRLS, ``jnmf._irls``).
+
     Deviations from RcppML (reference §18): ‖A‖² is summed exactly in float64 (RcppML's float32 sum is biased by
     ~5e-5 relative); the sort by d is stable; the sparse fused-CD iteration-0 quirk is not reproduced (x starts
     at 0); targets are validated; the W target works.
