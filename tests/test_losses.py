@@ -13,8 +13,9 @@ from scipy.special import gammaln
 import jnmf
 from tests.conftest import _load_npz
 
-# (loss, options) covering every loss and NB's dispersion modes; all fits share one shape (60 x 40) so each
-# configuration compiles once per module.
+# (loss, options) covering every loss and NB's dispersion modes; all fits share one shape (60 x 40), float64 and
+# maxit (static), so each configuration compiles once per module.
+MAXIT = 1000
 CASES = [
     ("poisson", {}),
     ("kl", {}),
@@ -75,7 +76,7 @@ def matrices(hawaiibirds):
 def test_objective_never_increases_converges_and_is_the_stated_one(matrices, loss, opts):
     with jax.enable_x64(True):
         for name, A in matrices.items():
-            model = jnmf.nmf(A, 3, seed=42, loss=loss, tol=1e-4, maxit=1000, **opts)
+            model = jnmf.nmf(A, 3, seed=42, loss=loss, tol=1e-4, maxit=MAXIT, **opts)
             hist = np.asarray(model.loss_history)[: int(model.iter)]
             assert bool(model.converged), f"{name} {loss}: {int(model.iter)} iterations"
             assert np.all(np.diff(hist) <= 1e-12 * np.abs(hist[:-1])), (name, np.max(np.diff(hist) / hist[:-1]))
@@ -93,16 +94,16 @@ def test_poisson_sparse_layout_equals_dense(matrices):
     """One rule: the sparse (stored entries + column sums) and dense Poisson fits are the same fit."""
     A = matrices["hawaiibirds"]
     with jax.enable_x64(True):
-        dense = jnmf.nmf(A, 3, seed=1, loss="poisson", layout="dense", maxit=60)
-        sparse = jnmf.nmf(sp.csc_matrix(A), 3, seed=1, loss="poisson", layout="sparse", maxit=60)
+        dense = jnmf.nmf(A, 3, seed=1, loss="poisson", layout="dense", maxit=MAXIT)
+        sparse = jnmf.nmf(sp.csc_matrix(A), 3, seed=1, loss="poisson", layout="sparse", maxit=MAXIT)
         assert isinstance(jnmf.prepare(sp.csc_matrix(A), 3, loss="poisson", layout="sparse").data,
                           jnmf._losses.CooData)
         assert int(dense.iter) == int(sparse.iter)
         for a, b in ((dense.w, sparse.w), (dense.d, sparse.d), (dense.h, sparse.h), (dense.loss, sparse.loss)):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-9, atol=1e-12)
         # sparse input of a dense-layout loss is densified: the same fit as dense input
-        nb_d = jnmf.nmf(A, 3, seed=1, loss="nb", dispersion=4.0, maxit=20)
-        nb_s = jnmf.nmf(sp.csr_matrix(A), 3, seed=1, loss="nb", dispersion=4.0, maxit=20)
+        nb_d = jnmf.nmf(A, 3, seed=1, loss="nb", dispersion=4.0, maxit=MAXIT)
+        nb_s = jnmf.nmf(sp.csr_matrix(A), 3, seed=1, loss="nb", dispersion=4.0, maxit=MAXIT)
         np.testing.assert_allclose(np.asarray(nb_s.h), np.asarray(nb_d.h), rtol=1e-12, atol=1e-14)
 
 
@@ -112,9 +113,9 @@ def test_masked_entries_change_nothing(matrices, loss, opts):
     mask = (np.add.outer(np.arange(60) * 7, np.arange(40) * 13) % 9) == 0
     garbage = np.where(mask, 1e3, A)
     with jax.enable_x64(True):
-        a = jnmf.nmf(A, 3, seed=42, loss=loss, mask=mask, maxit=40, **opts)
-        b = jnmf.nmf(garbage, 3, seed=42, loss=loss, mask=mask, maxit=40, **opts)
-        c = jnmf.nmf(np.where(mask, np.nan, A), 3, seed=42, loss=loss, maxit=40, **opts)
+        a = jnmf.nmf(A, 3, seed=42, loss=loss, mask=mask, maxit=MAXIT, **opts)
+        b = jnmf.nmf(garbage, 3, seed=42, loss=loss, mask=mask, maxit=MAXIT, **opts)
+        c = jnmf.nmf(np.where(mask, np.nan, A), 3, seed=42, loss=loss, maxit=MAXIT, **opts)
         np.testing.assert_array_equal(np.asarray(a.h), np.asarray(b.h))
         np.testing.assert_allclose(np.asarray(c.h), np.asarray(a.h), rtol=1e-12)
         # the masked objective covers the observed entries only, and the fit differs from the unmasked one
@@ -123,17 +124,17 @@ def test_masked_entries_change_nothing(matrices, loss, opts):
         assert abs(jnmf.evaluate(a, A, mask, loss=loss, **opts) - float(a.loss)) < 1e-9 * float(a.loss)
         assert full > float(a.loss)
         assert np.isfinite(ref)
-        assert not np.allclose(np.asarray(jnmf.nmf(A, 3, seed=42, loss=loss, maxit=40, **opts).h), np.asarray(a.h))
+        assert not np.allclose(np.asarray(jnmf.nmf(A, 3, seed=42, loss=loss, maxit=MAXIT, **opts).h), np.asarray(a.h))
 
 
 @pytest.mark.parametrize("loss,name,values", [("tweedie", "power", [1.2, 1.7, 2.5]), ("huber", "delta", [0.2, 2.0])])
 def test_vmap_over_the_loss_parameter_equals_separate_fits(matrices, loss, name, values):
     A = matrices["toy_pos"]
     with jax.enable_x64(True):
-        problem = jnmf.prepare(A, 3, seed=42, loss=loss, maxit=200, **{name: values[0]})
+        problem = jnmf.prepare(A, 3, seed=42, loss=loss, maxit=MAXIT, **{name: values[0]})
         grid = jax.vmap(lambda v: jnmf.solve(problem, **{name: v}))(jnp.asarray(values))
         for i, v in enumerate(values):
-            one = jnmf.nmf(A, 3, seed=42, loss=loss, maxit=200, **{name: v})
+            one = jnmf.nmf(A, 3, seed=42, loss=loss, maxit=MAXIT, **{name: v})
             assert int(grid.iter[i]) == int(one.iter)
             np.testing.assert_allclose(np.asarray(grid.h[i]), np.asarray(one.h), rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(float(grid.loss[i]), float(one.loss), rtol=1e-12)
@@ -142,7 +143,7 @@ def test_vmap_over_the_loss_parameter_equals_separate_fits(matrices, loss, name,
 def test_gradient_through_a_poisson_fit_equals_finite_differences(matrices):
     A = matrices["toy_counts"]
     with jax.enable_x64(True):
-        problem = jnmf.prepare(A, 3, seed=42, loss="poisson", loop="scan", maxit=15, tol=0.0, L2=0.1)
+        problem = jnmf.prepare(A, 3, seed=42, loss="poisson", loop="scan", maxit=8, tol=0.0, L2=0.1)
         weights = jnp.asarray(np.random.default_rng(0).uniform(size=(3, 40)))
 
         def score(l2):
@@ -163,7 +164,7 @@ def test_scatter_removal_with_a_loss_is_monotone_and_stated(loss):
     A = rng.poisson(np.abs(rng.normal(size=(30, 3))) @ np.abs(rng.normal(size=(3, 60))) * 3
                     + np.abs(rng.normal(size=(30, 3)))[:, groups] * 2).astype(np.float64)
     with jax.enable_x64(True):
-        model = jnmf.nmf(A, 3, seed=42, loss=loss, remove=groups, remove_lambda=0.5, maxit=1000)
+        model = jnmf.nmf(A, 3, seed=42, loss=loss, remove=groups, remove_lambda=0.5, maxit=MAXIT)
         hist = np.asarray(model.loss_history)[: int(model.iter)]
         assert bool(model.converged)
         assert np.all(np.diff(hist) <= 1e-12 * hist[:-1]), np.max(np.diff(hist) / hist[:-1])
@@ -174,18 +175,19 @@ def test_scatter_removal_with_a_loss_is_monotone_and_stated(loss):
         between = centred - E.mean(1, keepdims=True)
         ref = _reference_objective(A, model, loss, {"delta": 1.345}) + 0.5 * np.sum(between * between)
         assert abs(float(model.loss) / ref - 1) < 1e-10
-        base = jnmf.nmf(A, 3, seed=42, loss=loss, maxit=1000)
+        base = jnmf.nmf(A, 3, seed=42, loss=loss, maxit=MAXIT)
         assert float(jnmf.class_separation(model, groups)) < float(jnmf.class_separation(base, groups))
 
 
 def test_rcppml_spellings_map_to_jnmf_losses(matrices):
     A = matrices["toy_counts"]
-    a = jnmf.nmf(A, 3, seed=42, robust=True, maxit=30)
-    b = jnmf.nmf(A, 3, seed=42, loss="huber", delta=1.345, maxit=30)
-    np.testing.assert_array_equal(np.asarray(a.h), np.asarray(b.h))
-    c = jnmf.nmf(A, 3, seed=42, loss="kl", maxit=30)
-    d = jnmf.nmf(A, 3, seed=42, loss="poisson", maxit=30)
-    np.testing.assert_array_equal(np.asarray(c.h), np.asarray(d.h))
+    with jax.enable_x64(True):
+        a = jnmf.nmf(A, 3, seed=42, robust=True, maxit=MAXIT)
+        b = jnmf.nmf(A, 3, seed=42, loss="huber", delta=1.345, maxit=MAXIT)
+        np.testing.assert_array_equal(np.asarray(a.h), np.asarray(b.h))
+        c = jnmf.nmf(A, 3, seed=42, loss="kl", maxit=MAXIT)
+        d = jnmf.nmf(A, 3, seed=42, loss="poisson", maxit=MAXIT)
+        np.testing.assert_array_equal(np.asarray(c.h), np.asarray(d.h))
 
 
 def test_mse_problem_is_unchanged(matrices):
