@@ -99,7 +99,7 @@ def time_sklearn(A, W0, H0, grid):
     if sp.issparse(A) and A.shape[0] * A.shape[1] <= 2**22:
         forms.append(A.toarray())
     runs = [_sklearn_grid(X, W0, H0, grid) for X in forms]
-    return [min(points, key=lambda p: p[1]) for points in zip(*runs)]
+    return [min(points, key=lambda p: p[1]) for points in zip(*runs, strict=True)]
 
 
 def _sklearn_grid(A, W0, H0, grid):
