@@ -258,15 +258,15 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
     ~5e-5 relative); the sort by d is stable; the sparse fused-CD iteration-0 quirk is not reproduced (x starts
     at 0); targets are validated; the W target works.
     """
+    if options.get("loss_mode", "jnmf") == "rcppml":
+        check_loss(FitOptions.of("nmf", options))  # the names are checked before the parity path
+        raise NotImplementedError("loss_mode='rcppml' (RcppML's IRLS losses) is provided by jnmf._irls "
+                                  "(fit_rcppml_loss), which is not part of this build")
     if isinstance(k, str) and k == "auto":  # RcppML's k = "auto": the rank cross-validation picks
         from ._cv import auto_rank
 
         FitOptions.of("nmf", options)  # unknown options are refused before the cross-validation runs
         k = auto_rank(A, **{name: value for name, value in options.items() if name not in ("target_H", "target_W")})
-    if options.get("loss_mode", "jnmf") == "rcppml":
-        check_loss(FitOptions.of("nmf", options))  # the names are checked before the parity path
-        raise NotImplementedError("loss_mode='rcppml' (RcppML's IRLS losses) is provided by jnmf._irls "
-                                  "(fit_rcppml_loss), which is not part of this build")
     model = solve(prepare(A, k, **options))
     check_finite(model)
     return model

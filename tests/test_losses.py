@@ -250,3 +250,15 @@ def test_invalid_combinations_and_entry_points(matrices):
     # mse evaluate keeps its meaning: the mean squared error
     mse = jnmf.evaluate(model, A)
     assert abs(mse * A.size / float(model.loss) - 1) < 1e-4
+
+
+def test_sweep_with_a_loss_equals_separate_fits(matrices):
+    """sweep's fixed options carry the loss: a seed x L2 grid of Poisson fits equals the separate fits."""
+    A = matrices["toy_counts"]
+    with jax.enable_x64(True):
+        res = jnmf.sweep(A, 3, seeds=[1, 2], L2=[0.0, 0.5], loss="poisson", maxit=MAXIT)
+        for i, s in enumerate([1, 2]):
+            for j, l2 in enumerate([0.0, 0.5]):
+                one = jnmf.nmf(A, 3, seed=s, L2=l2, loss="poisson", maxit=MAXIT)
+                assert int(np.asarray(res.model.iter)[i, j]) == int(one.iter)
+                np.testing.assert_allclose(np.asarray(res.model.h)[i, j], np.asarray(one.h), rtol=1e-8, atol=1e-10)
