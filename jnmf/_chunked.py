@@ -221,6 +221,10 @@ def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = 
                             "the driver is a host loop, missing data are given per chunk as masks=, and chunked "
                             "fits run on one device")
     opts = FitOptions.of("nmf_chunked", options)
+    if opts.loss not in ("mse",) or opts.robust not in (False, None) or opts.loss_mode != "jnmf":
+        raise ValueError(f"nmf_chunked supports loss='mse' only (got loss={opts.loss!r}, robust={opts.robust!r}, "
+                         f"loss_mode={opts.loss_mode!r}): the other losses need the model at every entry in each "
+                         "update; use nmf()")
 
     # Shapes first (a .npz file's shape is read without its values), so every argument is checked before the
     # data are read.

@@ -70,8 +70,10 @@ class NMFModel:
         return f"NMFModel({shape}, iter={int(self.iter)}, loss={float(self.loss):.6g}, {status})"
 
 
-def evaluate(model: NMFModel, A: Any, mask: Any = None) -> float:
-    """Mean squared error of the model's reconstruction, over A's observed entries, in float64.
+def evaluate(model: NMFModel, A: Any, mask: Any = None, *, loss: str = "mse", power: Any = None,
+             delta: Any = None, dispersion: Any = None) -> float:
+    """Mean squared error of the model's reconstruction (or, for another ``loss``, its total objective), over A's
+    observed entries, in float64.
 
     Parameters
     ----------
@@ -89,6 +91,11 @@ def evaluate(model: NMFModel, A: Any, mask: Any = None) -> float:
         RcppML's ``evaluate(model, A)`` and the vignette's MSE, computed without densifying a sparse A. With a
         mask or NaN: the mean over the observed entries only (the error the masked fit minimises, divided by
         their count; NaN if none is observed), computed densely, as the masked fit itself is.
+        ``loss`` other than ``"mse"`` (``"poisson"``/``"kl"``, ``"nb"``, ``"gamma"``, ``"tweedie"``,
+        ``"inverse_gaussian"``, ``"huber"``, ``"mae"``, with ``power``, ``delta``, ``dispersion`` as in ``nmf``):
+        the fit's stated objective, the *sum* ``sum o D(a | mu)`` over observed entries (``_losses``), equal to
+        the ``loss`` of a fit with that loss. For ``"nb"`` with ``dispersion="per_row"``/``"global"`` (the
+        default), r is the maximum-likelihood size at this model (so at most the fit's reported NLL).
     """
     from ._input import _check_mask, canonical_sparse
 
@@ -100,6 +107,19 @@ def evaluate(model: NMFModel, A: Any, mask: Any = None) -> float:
     if A.shape != (m, n):
         raise ValueError(f"A must have shape {(m, n)} to match the model, got {A.shape}")
     M = None if mask is None else _check_mask(mask, (m, n), "mask")
+    if loss != "mse" or power is not None or delta is not None or dispersion is not None:
+        from ._losses import evaluate_loss
+
+        if sp.issparse(A):
+            A = canonical_sparse(A, np.float64, "A", check=False)
+            if M is None and not np.isnan(A.data).any():
+                return evaluate_loss(W, H, A, None, loss, power, delta, dispersion)
+            A = A.toarray()
+        A = np.asarray(A, np.float64)
+        nan = np.isnan(A)
+        ignore = nan if M is None else (nan | M)
+        return evaluate_loss(W, H, np.where(ignore, 0.0, A), ignore if ignore.any() else None, loss, power, delta,
+                             dispersion)
     if sp.issparse(A):
         # Canonical copy: duplicates summed (|A|^2 from raw COO data would count them apart), DIA padding dropped.
         A = canonical_sparse(A, np.float64, "A", check=False)

@@ -49,6 +49,8 @@ class Config:
     loop: str = "while"
     masked: bool = False
     remove: bool = False
+    loss: str = "mse"  # _losses.LOSSES; non-"mse" fits run _losses.loss_step
+    dispersion: str = "fixed"  # negative binomial size r: "fixed" (Hyper.dispersion), "per_row" or "global"
 
 
 @jax.tree_util.register_dataclass
@@ -66,6 +68,10 @@ class Hyper:
     target_W: jax.Array | None = None  # stored transposed, (k, m), to compare with W' as the solver sees it
     remove_groups: jax.Array | None = None  # (g, n) one-hot rows of the grouping removed by ``remove=``
     remove_lambda: jax.Array | None = None
+    # Loss parameters (``_losses``), None for "mse" so that its pytree (and program) is unchanged.
+    power: jax.Array | None = None  # () Tweedie power p (1 for poisson, 2 for gamma, 3 for inverse Gaussian)
+    delta: jax.Array | None = None  # () Huber / smoothed-MAE threshold
+    dispersion: jax.Array | None = None  # (m,) negative binomial size r (fixed, or the estimate's start)
 
 
 def default_dtype() -> Any:
@@ -266,6 +272,12 @@ class FitOptions:
     mask: Any = None
     devices: Any = None
     max_memory_bytes: Any = None
+    loss: str = "mse"
+    power: Any = None
+    delta: Any = None
+    dispersion: Any = None
+    robust: Any = False
+    loss_mode: str = "jnmf"
 
     @classmethod
     def of(cls, where: str, options: dict[str, Any]) -> FitOptions:
@@ -307,6 +319,9 @@ class FitOptions:
         V.check_choice(self.norm, "norm", NORMS)
         V.check_choice(self.removal, "removal", REMOVALS)
         V.check_choice(self.loop, "loop", LOOPS)
+        from ._losses import check_loss
+
+        spec = check_loss(self, k)
         if not isinstance(self.sort, (bool, np.bool_)):
             raise TypeError(f"sort must be a bool, got {self.sort!r}")
 
@@ -324,12 +339,15 @@ class FitOptions:
                              "groups of samples (the H side) only; use removal='proj_adv' or 'project' for a W-side "
                              "removal")
         scatter = Y is not None or (self.removal == "scatter" and TH is not None and bool(np.any(lam_grid[:, 1] < 0)))
+        spec.check_penalties(self, L1, L2, nonneg, lam_grid, TH is not None, TW is not None, Y is not None, masked,
+                             L1_grid, lambda_grid)
         if scatter and self.norm == "none":
             raise ValueError("norm='none' cannot be used with a scatter removal (remove=, or removal='scatter' with a "
                              "negative target_lambda): the penalty is not scale-invariant, so W's scale must be "
                              "pinned (norm='L1' or 'L2')")
         solver = resolve_solver(self.solver, k, L1 if L1_grid is None else L1_grid, scatter, nonneg=nonneg,
-                                masked=masked, loop=self.loop, batched=L1_grid is not None or lambda_grid is not None)
+                                masked=masked, loop=self.loop, batched=L1_grid is not None or lambda_grid is not None
+                                ) if spec.loss == "mse" else spec.solver
 
         if self.w_init is not None and self.seed is not None:
             raise ValueError("give either seed or w_init, not both")
@@ -347,7 +365,8 @@ class FitOptions:
             devices = tuple(self.devices)
             if not devices or not all(isinstance(d, jax.Device) for d in devices):
                 raise ValueError(f"devices must be a non-empty sequence of jax.Device, got {self.devices!r}")
-            for bad, why in ((masked, "a mask (or NaN entries in A)"), (TH is not None, "target_H (it couples all "
+            for bad, why in ((spec.loss != "mse", f"loss={spec.loss!r} (only loss='mse')"),
+                             (masked, "a mask (or NaN entries in A)"), (TH is not None, "target_H (it couples all "
                              "samples)"), (Y is not None, "remove= (the penalty couples all samples)"),
                              (L1[1] > 0 and not nonneg[1], "L1 on H with nonneg=False for H")):
                 if bad:
@@ -355,7 +374,8 @@ class FitOptions:
 
         config = Config(k=k, maxit=maxit, solver=solver, norm=self.norm, sort=bool(self.sort), nonneg=nonneg,
                         cd_maxit=cd_maxit, target_H=TH is not None, target_W=TW is not None, removal=self.removal,
-                        loop=self.loop, masked=masked, remove=Y is not None)
+                        loop=self.loop, masked=masked, remove=Y is not None, loss=spec.loss,
+                        dispersion=spec.dispersion_mode)
         hyper = Hyper(
             tol=jnp.asarray(tol, dtype),
             L1=jnp.asarray(L1, dtype),
@@ -367,6 +387,7 @@ class FitOptions:
             target_W=None if TW is None else jnp.asarray(TW.T, dtype),
             remove_groups=None if Y is None else jnp.asarray(Y, dtype),
             remove_lambda=None if Y is None else jnp.asarray(remove_lambda, dtype),
+            **spec.leaves(m, dtype),
         )
         return Resolved(config=config, hyper=hyper, w0=w0, dtype=dtype, layout=self.layout,
                         sparse_kernel=self.sparse_kernel, devices=devices, max_memory_bytes=budget)

@@ -33,6 +33,7 @@ from jax import lax
 from . import _validate as V
 from ._data import DataLayout, place
 from ._input import check_scale, split_mask, squared_norm
+from ._losses import check_loss, check_loss_overrides, place_loss_data
 from ._model import NMFModel
 from ._options import Config, FitOptions, Hyper, check_dtype, check_overrides, signature_of, target_grams
 from ._step import finish_model, init_state, running, step
@@ -89,23 +90,33 @@ def build_problem(A: Any, k: Any, opts: FitOptions, *, L1_grid: Any = None, lamb
     A = V.check_data(A)
     check_scale(A, dtype.itemsize)
     m, n = A.shape
+    if opts.loss_mode == "rcppml":
+        raise ValueError("loss_mode='rcppml' (RcppML's IRLS, jnmf._irls) runs through nmf() only; prepare, solve and "
+                         "sweep fit jnmf's losses (loss_mode='jnmf')")
     plan = opts.resolve(m, n, k, masked=M is not None, L1_grid=L1_grid, lambda_grid=lambda_grid)
-    data = place(A, plan.dtype, plan.layout, M, plan.config.k, plan.devices, plan.max_memory_bytes,
-                 plan.sparse_kernel)
+    if plan.config.loss == "mse":
+        data = place(A, plan.dtype, plan.layout, M, plan.config.k, plan.devices, plan.max_memory_bytes,
+                     plan.sparse_kernel)
+    else:
+        data = place_loss_data(A, plan, M)
     return Problem(data=data, hyper=plan.hyper, w_init=plan.w0, sq_norm=jnp.asarray(squared_norm(A), plan.dtype),
                    config=plan.config)
 
 
 def solve(problem: Problem, *, target_lambda: Any = None, L1: Any = None, L2: Any = None, tol: Any = None,
-          w_init: Any = None, remove_lambda: Any = None) -> NMFModel:
+          w_init: Any = None, remove_lambda: Any = None, power: Any = None, delta: Any = None,
+          dispersion: Any = None) -> NMFModel:
     """Run a prepared fit; keyword overrides replace array hyperparameters (they may be traced, e.g. vmapped).
 
     ``target_lambda`` as a scalar applies to every target present; as a (W, H) pair it sets each side. Concrete
     overrides are validated as ``prepare`` validates them (same errors); traced ones are taken as they are.
+    ``power`` (tweedie), ``delta`` (huber/mae) and a fixed NB ``dispersion`` are the loss's array leaves:
+    ``jax.vmap(lambda p: solve(problem, power=p))(powers)`` fits a grid with one compiled program.
     Returns an ``NMFModel``; jit-compiled once per ``Config`` and array shapes.
     """
     hyper = check_overrides(problem.config, problem.hyper, target_lambda=target_lambda, L1=L1, L2=L2, tol=tol,
                             remove_lambda=remove_lambda)
+    hyper = check_loss_overrides(problem.config, hyper, power=power, delta=delta, dispersion=dispersion)
     problem = problem.replace(hyper=hyper)
     if w_init is not None:
         problem = problem.replace(w_init=jnp.asarray(w_init, problem.w_init.dtype))
@@ -223,10 +234,35 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
         sparse_kernel: the sparse layout's kernel: ``"auto"`` (``"host"``, the CPU CSR kernel, on CPU; ``"ell"``,
             XLA gathers, elsewhere), ``"host"`` or ``"ell"``.
 
+        loss: the objective, ``sum_ij o_ij D(a_ij | mu_ij)`` over every observed entry (zeros included, for sparse
+            and dense input alike; ``_losses`` states each D and its update): ``"mse"`` (default, the squared error
+            above), ``"poisson"`` (alias ``"kl"``: ``a log(a/mu) - a + mu``), ``"nb"`` (negative binomial NLL, size
+            ``dispersion``), ``"gamma"`` (Itakura-Saito; zeros are treated as missing), ``"tweedie"`` (the
+            beta-divergence with beta = 2 - ``power``; zeros missing for power >= 2; ``"inverse_gaussian"`` is
+            power 3), ``"huber"`` (``delta``) and ``"mae"`` (smoothed, ``delta`` default 1e-4). Each half is a
+            majorize-minimize step, so the reported ``loss`` (+ scatter penalty) never increases. Non-MSE losses
+            ignore ``solver`` (it must stay ``"auto"``; huber/mae also take ``"cd"``: their weighted NNLS is CD
+            warm-started at the current factor), need ``nonneg=True`` for the multiplicative ones, accept L1, L2,
+            targets (lam > 0) and the scatter removal (poisson, nb, huber, mae; gamma/tweedie: L1 only), refuse
+            ``removal="proj_adv"``/``"project"`` removals, ``devices=`` and ``nmf_chunked``. Only poisson can keep
+            sparse input sparse (``layout="sparse"``, or ``"auto"`` when dense does not fit the memory budget; the
+            other losses need the model at every entry).
+        power: Tweedie power p in [1, 3] (default 1.5, RcppML's); an array leaf (``solve(problem, power=p)``).
+        delta: Huber / MAE threshold > 0 (default 1.345 for huber, 1e-4 for mae); an array leaf.
+        dispersion: NB size r: a number or (m,) array (fixed; an array leaf), or ``"per_row"`` (default) /
+            ``"global"``: maximum likelihood, updated after every W half by safeguarded Newton steps.
+        robust: RcppML's spelling: ``True`` is ``loss="huber", delta=1.345``, ``"mae"`` is ``loss="mae"``, a number
+            is a Huber delta (on raw residuals here; RcppML's are Pearson residuals of its distribution).
+        loss_mode: ``"jnmf"`` (default: the losses above) or ``"rcppml"`` (RcppML's IRLS, ``jnmf._irls``).
+
     Deviations from RcppML (reference §18): ‖A‖² is summed exactly in float64 (RcppML's float32 sum is biased by
     ~5e-5 relative); the sort by d is stable; the sparse fused-CD iteration-0 quirk is not reproduced (x starts
     at 0); targets are validated; the W target works.
     """
+    if options.get("loss_mode", "jnmf") == "rcppml":
+        check_loss(FitOptions.of("nmf", options))  # the names are checked before the parity path
+        raise NotImplementedError("loss_mode='rcppml' (RcppML's IRLS losses) is provided by jnmf._irls "
+                                  "(fit_rcppml_loss), which is not part of this build")
     if isinstance(k, str) and k == "auto":  # RcppML's k = "auto": the rank cross-validation picks
         from ._cv import auto_rank
 

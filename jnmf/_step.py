@@ -37,6 +37,7 @@ class State(NamedTuple):
     n_iter: jax.Array
     converged: jax.Array
     history: jax.Array  # (maxit,)
+    disp: jax.Array | None = None  # (m,) estimated negative binomial sizes (``_losses``), else None
 
 
 def nnls(G: jax.Array, B: jax.Array, X_prev: jax.Array, warm: jax.Array, nonneg: bool, config: Config,
@@ -173,8 +174,13 @@ def gram_identity_sse(sq_norm, d, W, G_w, B_w):
 
 
 def step(problem: Any, state: State, G_TH: jax.Array | None = None, G_TW: jax.Array | None = None) -> State:
-    """One outer iteration on in-memory data: ``h_half``, ``w_half``, the loss, ``advance``."""
+    """One outer iteration on in-memory data: ``h_half``, ``w_half``, the loss, ``advance``; a non-MSE
+    ``config.loss`` takes its majorize-minimize iteration (``_losses.loss_step``)."""
     config, hyper, data = problem.config, problem.hyper, problem.data
+    if config.loss != "mse":
+        from ._losses import loss_step
+
+        return loss_step(problem, state, G_TH, G_TW)
     d_H, H = h_half(config, hyper, data, state, G_TH)
     # Masked data: the SSE over observed entries, formed directly (the Gram identity would need per-entry weights).
     d, W, loss = w_half(config, hyper, state, d_H, H, data.right(H), data.right_grams(H) if config.masked else None,
@@ -200,6 +206,8 @@ def running(state: State, maxit: int) -> jax.Array:
 
 def init_state(config: Config, w0: jax.Array, n: int) -> State:
     """The state before the first iteration: the raw initial W (m, k) transposed, H = 0 (k, n), d = 1."""
+    from ._losses import init_disp
+
     dtype = w0.dtype
     k = config.k
     return State(
@@ -212,6 +220,7 @@ def init_state(config: Config, w0: jax.Array, n: int) -> State:
         n_iter=jnp.zeros((), jnp.int32),
         converged=jnp.zeros((), bool),
         history=jnp.full((config.maxit,), jnp.nan, dtype),
+        disp=init_disp(config, w0.shape[0], dtype),
     )
 
 
