@@ -30,12 +30,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import _log
 from . import _validate as V
 from ._data import DataLayout, place
 from ._input import check_scale, split_mask, squared_norm
 from ._losses import check_loss, check_loss_overrides, place_loss_data
 from ._model import NMFModel
-from ._options import Config, FitOptions, Hyper, check_dtype, check_overrides, signature_of, target_grams
+from ._options import (
+    Config,
+    FitOptions,
+    Hyper,
+    check_dtype,
+    check_overrides,
+    check_seed,
+    initial_w,
+    signature_of,
+    target_grams,
+)
 from ._step import finish_model, init_state, running, step
 
 __all__ = ["Config", "Hyper", "Problem", "nmf", "prepare", "solve"]
@@ -260,9 +271,9 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
     at 0); targets are validated; the W target works.
     """
     if options.get("loss_mode", "jnmf") == "rcppml":
-        check_loss(FitOptions.of("nmf", options))  # the names are checked before the parity path
-        raise NotImplementedError("loss_mode='rcppml' (RcppML's IRLS losses) is provided by jnmf._irls "
-                                  "(fit_rcppml_loss), which is not part of this build")
+        model = _rcppml_loss(A, k, FitOptions.of("nmf", options))[0]
+        _log.warn_if_not_converged(model)
+        return model
     if isinstance(k, str) and k == "auto":  # RcppML's k = "auto": the rank cross-validation picks
         from ._cv import auto_rank
 
@@ -270,7 +281,47 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
         k = auto_rank(A, **{name: value for name, value in options.items() if name not in ("target_H", "target_W")})
     model = solve(build_problem(A, k, FitOptions.of("nmf", options)))
     check_finite(model)
+    _log.warn_if_not_converged(model, loop=options.get("loop", "while"))
     return model
+
+
+# The options RcppML's IRLS path takes (``_irls.fit_rcppml_loss``); any other one set away from its default is
+# refused there rather than ignored.
+_RCPPML_LOSS_OPTIONS = ("tol", "maxit", "seed", "w_init", "L1", "L2", "cd_maxit", "dtype", "loss", "power",
+                        "dispersion", "robust", "loss_mode", "solver", "cd_tol")
+
+
+def _rcppml_loss(A: Any, k: Any, opts: FitOptions) -> tuple[NMFModel, dict]:
+    """``nmf(..., loss_mode="rcppml")``: RcppML's IRLS fit (``_irls.fit_rcppml_loss``) with nmf's seed rule."""
+    from ._irls import fit_rcppml_loss
+
+    check_loss(opts)
+    defaults = FitOptions()
+    for field in dataclasses.fields(FitOptions):
+        name = field.name
+        value = getattr(opts, name)
+        if name not in _RCPPML_LOSS_OPTIONS and not (value is getattr(defaults, name) or (
+                np.ndim(value) == 0 and np.ndim(getattr(defaults, name)) == 0 and value == getattr(defaults, name))):
+            raise ValueError(f"{name}= does not apply to loss_mode='rcppml' (RcppML's IRLS path takes "
+                             f"{', '.join(n for n in _RCPPML_LOSS_OPTIONS if n != 'loss_mode')}); use loss_mode='jnmf'")
+    if opts.solver not in ("auto", "cd", "rcppml"):
+        raise ValueError(f"solver={opts.solver!r}: RcppML's IRLS losses always use its coordinate descent "
+                         "(solver='auto' or 'cd')")
+    m, n = np.shape(A) if not hasattr(A, "shape") else A.shape
+    k = V.check_rank(k, m, n)
+    dtype = check_dtype(opts.dtype)
+    if opts.w_init is not None and opts.seed is not None:
+        raise ValueError("give seed or w_init, not both")
+    kind, value = check_seed(opts.w_init if opts.w_init is not None else opts.seed,
+                             "w_init" if opts.w_init is not None else "seed", (m, k))
+    if kind not in ("none", "int", "key", "rawkey", "matrix"):
+        raise ValueError(f"seed: a single seed is needed for loss_mode='rcppml', got {kind}")
+    w0 = np.asarray(initial_w(kind, value, m, k, dtype))
+    dispersion = "per_row" if opts.dispersion is None else opts.dispersion
+    extra = {} if opts.power is None else {"tweedie_power": opts.power}
+    return fit_rcppml_loss(A, k, loss=opts.loss, robust=opts.robust, dispersion=dispersion, w_init=w0, tol=opts.tol,
+                           maxit=opts.maxit, L1=V.check_pair(opts.L1, "L1"), L2=V.check_pair(opts.L2, "L2"),
+                           cd_maxit=opts.cd_maxit, dtype=dtype, **extra)
 
 
 _LEADING = (inspect.Parameter("A", inspect.Parameter.POSITIONAL_OR_KEYWORD),

@@ -15,6 +15,7 @@ from jax import enable_x64
 
 import jnmf
 from jnmf._irls import _entry_terms, _objective, fit_rcppml_loss, prepare_rcppml_loss
+from jnmf._rrng import r_runif_matrix
 from tests.conftest import _load_npz
 
 CONFIGS = {
@@ -342,3 +343,17 @@ def test_every_loss_shares_one_program(ref):
     for config in ("nb", "gp_none", "robust", "tweedie"):
         _fit(ref, None, "toycounts", config)
     assert _irls._fit._cache_size() == size
+
+
+def test_nmf_loss_mode_rcppml_is_the_parity_path(ref):
+    # nmf(seed=42, loss_mode="rcppml") draws R's runif W, as RcppML's set.seed(42), and runs fit_rcppml_loss.
+    A = ref["toy_counts"].astype(np.float64)
+    np.testing.assert_array_equal(r_runif_matrix(42, A.shape[0], 3), ref["toycounts_w_init"])
+    model = jnmf.nmf(A, 3, seed=42, loss="nb", loss_mode="rcppml")
+    direct, _ = fit_rcppml_loss(A, 3, w_init=ref["toycounts_w_init"], loss="nb")
+    assert int(model.iter) == int(direct.iter) == int(ref["toycounts_nb_iter"])
+    np.testing.assert_array_equal(np.asarray(model.w), np.asarray(direct.w))
+    with pytest.raises(ValueError, match="mask= does not apply to loss_mode='rcppml'"):
+        jnmf.nmf(A, 3, seed=42, loss="nb", loss_mode="rcppml", mask=np.zeros(A.shape, bool))
+    with pytest.raises(ValueError, match="loss"):
+        jnmf.nmf(A, 3, seed=42, loss="huber", loss_mode="rcppml")
