@@ -231,8 +231,8 @@ def test_invalid_combinations_and_entry_points(matrices):
     T = np.abs(np.random.default_rng(0).normal(size=(3, 40)))
     with pytest.raises(ValueError, match="removal='proj_adv' with a negative target_lambda"):
         jnmf.nmf(A, 3, loss="poisson", target_H=T, target_lambda=-0.1, removal="proj_adv")
-    with pytest.raises(NotImplementedError, match="jnmf._irls"):
-        jnmf.nmf(A, 3, loss="gp", loss_mode="rcppml")
+    with pytest.raises(ValueError, match="target_H= does not apply to loss_mode='rcppml'"):
+        jnmf.nmf(A, 3, loss="gp", loss_mode="rcppml", target_H=T, target_lambda=0.1)
     with pytest.raises(ValueError, match="loss_mode='rcppml'"):
         jnmf.prepare(A, 3, loss="gp", loss_mode="rcppml")
     with pytest.raises(ValueError, match="nmf_chunked supports loss='mse' only"):
