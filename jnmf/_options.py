@@ -348,6 +348,15 @@ class FitOptions:
         solver = resolve_solver(self.solver, k, L1 if L1_grid is None else L1_grid, scatter, nonneg=nonneg,
                                 masked=masked, loop=self.loop, batched=L1_grid is not None or lambda_grid is not None
                                 ) if spec.loss == "mse" else spec.solver
+        if self.solver == "auto" and solver == "cholesky" and 5 * k >= 2 * min(m, n):
+            # Solve-then-clip drifts from the NNLS optimum as k nears min(m, n) (measured on uniform data: relative
+            # error 0.32 vs 0.05 for CD at k = 20 on 30 x 20, 0.29 vs 0.22 at k = 0.5 min(m, n)).
+            import warnings
+
+            warnings.warn(f"solver='auto' is RcppML's Cholesky-then-clip at k = {k} < 32, which is not an exact "
+                          f"NNLS and can fit poorly at k close to min(m, n) = {min(m, n)}; pass solver='cd' (or "
+                          "'bpp') for an exact NNLS, or solver='rcppml' to keep RcppML's rule without this warning",
+                          UserWarning, stacklevel=4)
 
         if self.w_init is not None and self.seed is not None:
             raise ValueError("give either seed or w_init, not both")

@@ -1,5 +1,7 @@
 """Bad input gets a clear error naming the argument, before any compute; never a silent NaN model."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -159,3 +161,14 @@ def test_guidance_labels_that_cannot_guide_are_refused_before_any_fit():
         with pytest.raises(ValueError, match="at least 2 classes"):
             jnmf.guided_nmf(A, 2, y, seed=1)
     assert _solve_jit._cache_size() == before  # nothing was compiled (or run)
+
+
+def test_auto_warns_where_solve_then_clip_nears_min_m_n():
+    rng = np.random.default_rng(0)
+    X = rng.random((30, 20))
+    with pytest.warns(UserWarning, match=r"Cholesky-then-clip at k = 10 < 32.*min\(m, n\) = 20"):
+        jnmf.nmf(X, 10, seed=1, maxit=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="solver='auto'")
+        jnmf.nmf(X, 5, seed=1, maxit=3)  # k well below min(m, n)
+        jnmf.nmf(X, 10, seed=1, maxit=3, solver="rcppml")  # RcppML's rule, asked for by name
