@@ -37,6 +37,7 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's jnmf
 import jnmf  # noqa: E402
+from jnmf._options import resolve_solver  # noqa: E402
 
 JNMF_SOLVERS = ("auto", "cholesky", "cd", "bpp", "hals")
 
@@ -107,14 +108,18 @@ def rel_loss(A, W, H, sq) -> float:
 
 
 def run_sklearn(A, W0, H0, solver: str, budget: float, maxit: int) -> dict:
-    from sklearn.decomposition._nmf import (_multiplicative_update_h, _multiplicative_update_w,
-                                            _update_coordinate_descent)
+    from sklearn.decomposition._nmf import (
+        _multiplicative_update_h,
+        _multiplicative_update_w,
+        _update_coordinate_descent,
+    )
 
     sq = sp.linalg.norm(A) ** 2
     if solver == "cd":
         X, form = sp.csr_matrix(A, dtype=np.float32), "csr float32"
     else:
-        forms = {"dense float32": np.asarray(A.toarray(), np.float32), "csr float32": sp.csr_matrix(A, dtype=np.float32)}
+        forms = {"dense float32": np.asarray(A.toarray(), np.float32),
+                 "csr float32": sp.csr_matrix(A, dtype=np.float32)}
         probe = {}
         for name, Xf in forms.items():
             W, H = W0.astype(np.float32), H0.astype(np.float32)
@@ -216,9 +221,12 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")]
     builders = {"uniform": ("uniform 14000x2600 15%", uniform_matrix), "scrna": ("scRNA-like 14000x2700", scrna_matrix)}
     peers = args.peers.split(",") if args.peers else []
-    torch_ok = "torch" in peers and Path(args.torch_python).exists()
+    torch_ok = "torch" in peers and Path(args.torch_python).exists() and subprocess.run(
+        [args.torch_python, "-c", "import nmf, torch"], capture_output=True).returncode == 0
     if "torch" in peers and not torch_ok:
-        print(f"nmf-torch skipped: {args.torch_python} not found (nmf-torch did not install)")
+        print(f"nmf-torch skipped: {args.torch_python} has no nmf-torch (on the machine of the README's run, "
+              "download.pytorch.org was unreachable and `pip install nmf-torch` from the default index did not "
+              "finish in 5 minutes)")
     results = []
     for key in args.matrices.split(","):
         label, build = builders[key]
@@ -226,8 +234,13 @@ def main() -> None:
         print(f"\n## {label}: {A.shape[0]} x {A.shape[1]}, {A.nnz / np.prod(A.shape):.1%} non-zeros", flush=True)
         for k in ks:
             W0, H0 = init_factors(A, k)
-            runs = []
+            runs, done = [], set()
             for solver in args.solvers.split(","):
+                # a solver that "auto" resolves to is not run twice
+                used = resolve_solver(solver, k)
+                if used in done:
+                    continue
+                done.add(used)
                 runs.append(run_jnmf(A, W0, solver, args.budget, args.maxit))
                 print(f"  k={k} {runs[-1]['method']}: {runs[-1]['iters']} it, {runs[-1]['ms_per_it']:.1f} ms/it, "
                       f"final {runs[-1]['final']:.6f}", flush=True)
