@@ -232,3 +232,18 @@ def test_hals_fit_with_scatter_removal_descends_its_objective(norm):
     assert abs(float(model.loss) / objective - 1) < 1e-10  # the loss is the stated objective
     # each HALS update descends its majorizer from the current iterate, so the objective never increases
     assert np.all(np.diff(hist) <= 1e-12 * hist[:-1]), np.max(np.diff(hist) / hist[:-1])
+
+
+def test_hals_masked_and_semi_nonnegative_fits_descend():
+    import jax
+
+    rng = np.random.default_rng(0)
+    A = np.abs(rng.normal(size=(40, 30)))
+    A[rng.random(A.shape) < 0.1] = np.nan  # missing entries: one Gram matrix per column
+    with jax.enable_x64(True):
+        masked = jnmf.nmf(A, 5, seed=1, tol=0.0, maxit=30, solver="hals")
+        semi = jnmf.nmf(np.nan_to_num(A), 5, seed=1, tol=0.0, maxit=30, solver="hals", nonneg=(True, False))
+    for model in (masked, semi):
+        hist = np.asarray(model.loss_history)
+        assert np.all(np.isfinite(hist)) and np.all(np.diff(hist) <= 1e-12 * hist[:-1])
+    assert np.any(np.asarray(semi.h) < 0)  # H unconstrained
