@@ -215,7 +215,15 @@ def main() -> None:
     ap.add_argument("--peers", default="cd,mu,torch", help="of sklearn cd, mu and nmf-torch")
     ap.add_argument("--torch-python", default="/work/venv-torch/bin/python")
     ap.add_argument("--json", default=None, help="also write the raw curves here")
+    ap.add_argument("--from-json", default=None, help="print the tables and draw the figure of an earlier --json")
     args = ap.parse_args()
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        for res in results:
+            print_table(res)
+        plot(results, args.figure)
+        print_summary(results)
+        return
     if args.quick:
         args.budget, args.maxit = min(args.budget, 8.0), min(args.maxit, 60)
     ks = [int(k) for k in args.ks.split(",")]
@@ -297,6 +305,20 @@ def print_summary(results: list[dict]) -> None:
             ratio = "-" if ta is None or tpb is None else f"{tpb / ta:.2f}"
             f = lambda t: "-" if t is None else f"{t:.2f}"  # noqa: E731
             print(f"| {res['matrix']} | {res['k']} | {tol:.0e} | {f(ta)} | {name} | {f(tpb)} | {ratio} |")
+    print("\n## jnmf default to the loss the best peer reached in its budget\n")
+    print("| matrix | k | best peer | its final loss | peer s | jnmf auto s | ratio | ms/iter auto / peer |")
+    print("|---|---|---|---|---|---|---|---|")
+    for res in results:
+        auto = next((r for r in res["runs"] if r["method"].startswith("jnmf auto")), None)
+        peers = [r for r in res["runs"] if not r["method"].startswith("jnmf")]
+        if auto is None or not peers:
+            continue
+        peer = min(peers, key=lambda r: min(r["loss"]))
+        target = min(peer["loss"])
+        tp, ta = time_to(peer, target), time_to(auto, target)
+        ratio = "-" if ta is None else f"{tp / ta:.2f}"
+        print(f"| {res['matrix']} | {res['k']} | {peer['method']} | {target:.6f} | {tp:.2f} | "
+              f"{'-' if ta is None else f'{ta:.2f}'} | {ratio} | {auto['ms_per_it']:.0f} / {peer['ms_per_it']:.0f} |")
 
 
 def plot(results: list[dict], path: str) -> None:
