@@ -330,17 +330,22 @@ def plot(results: list[dict], path: str) -> None:
     cols = sorted({r["k"] for r in results})
     rows = list(dict.fromkeys(r["matrix"] for r in results))
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(4 * len(cols), 3.4 * len(rows)), squeeze=False)
+    colors: dict[str, str] = {}
     for res in results:
         ax = axes[rows.index(res["matrix"])][cols.index(res["k"])]
         for r in res["runs"]:
             gap = np.maximum(np.asarray(r["loss"]) / res["best"] - 1, 1e-7)
-            ax.loglog(r["times"], gap, label=r["method"], lw=1.2, marker="." if len(gap) < 15 else None)
+            # one colour per algorithm in every panel: "jnmf auto (hals)" is drawn as "jnmf hals", thicker
+            base = r["method"].replace("auto (", "").rstrip(")") if "auto (" in r["method"] else r["method"]
+            base = base.split(" (")[0]
+            ax.loglog(r["times"], gap, label=r["method"], color=colors.setdefault(base, f"C{len(colors)}"),
+                      lw=2.2 if "auto" in r["method"] else 1.0, marker="." if len(gap) < 15 else None)
         ax.axhline(1e-3, color="grey", lw=0.6, ls="--")
         ax.axhline(1e-4, color="grey", lw=0.6, ls=":")
         ax.set_title(f"{res['matrix']}, k = {res['k']}", fontsize=9)
         ax.set_xlabel("wall time (s)")
         ax.set_ylabel("loss / best - 1")
-    axes[0][0].legend(fontsize=6)
+        ax.legend(fontsize=5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
