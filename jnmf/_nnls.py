@@ -152,7 +152,9 @@ def nnls_hals(
     ``|dX|_F <= first |dX_1|_F`` (Gillis & Glineur's accelerated HALS: further sweeps then gain little for their
     cost), or by ``|dX|_F <= 10 eps |X|_F`` (the dtype's resolution). Not an exact NNLS unless run to convergence
     (large ``sweeps``, ``first = 0``). Unlike ``nnls_cd`` all columns stop together and no residual is stored:
-    row i reads ``G_i X`` (one GEMV), half the memory traffic of a rank-one residual update. Returns X (k, n).
+    row i reads ``G_i X`` (one GEMV), half the memory traffic of a rank-one residual update; so the result depends
+    on which columns are solved together (a chunked or column-sharded fit differs from the in-memory one by the
+    stopping sweep: 9e-4 relative in the loss after 15 iterations at k = 33 in one check). Returns X (k, n).
     ``differentiable=True`` runs ``sweeps`` masked sweeps in a ``lax.scan`` (same result, reverse-mode).
     """
     B = jnp.asarray(B)
