@@ -31,7 +31,7 @@ def main() -> None:
         print(f"skipping hawaiibirds: {e}")
     rng = np.random.default_rng(0)
     S = sp.random(14_000, 2_600, density=0.15, random_state=rng, format="csc", dtype=np.float64)
-    problems.append(("synthetic 14000x2600 15% nnz", S, [10, 20, 50]))
+    problems.append(("synthetic 14000x2600 15% nnz", S, [10, 20, 50, 100]))
 
     header = (f"{'problem':30s} {'k':>3s} {'path':>22s} {'jnmf ms/it':>11s} {'compile ms':>11s} "
               f"{'sklearn ms/it':>14s} {'ratio':>6s}")
@@ -43,7 +43,7 @@ def main() -> None:
             print(f"{name:30s} {k:3d} scikit-learn input: {sk_input}")
             for layout in ("dense", "sparse"):
                 seen = set()
-                for solver in ("auto", "cholesky", "cd"):
+                for solver in ("auto", "cholesky", "cd", "bpp", "hals"):
                     ms, compile_ms, used = time_jnmf(A, k, args.iters, args.repeats, layout=layout, solver=solver)
                     if used in seen:
                         continue

@@ -22,7 +22,7 @@ from . import _validate as V
 from ._penalties import target_gram
 from ._rrng import r_runif_matrix
 
-SOLVERS = ("auto", "cholesky", "cd", "bpp", "rcppml")
+SOLVERS = ("auto", "cholesky", "cd", "bpp", "hals", "rcppml")
 NORMS = ("L1", "L2", "none")
 REMOVALS = ("scatter", "proj_adv", "project")
 LOOPS = ("while", "scan")
@@ -93,13 +93,18 @@ def resolve_solver(solver: str, k: int, L1: Any = (0.0, 0.0), scatter: bool = Fa
 
     ``"rcppml"`` is RcppML's rule: Cholesky-then-clip when k < 32 and no L1 is asked for, else its coordinate
     descent (100 sweeps at most; in float32 it always runs them all). ``"auto"`` is RcppML's rule for k < 32 (so
-    RcppML's fits are reproduced; a scatter removal takes CD there, as its majorize-minimize updates descend only
-    with an exact NNLS) and the exact block principal pivoting NNLS (``"bpp"``, ``_bpp.nnls_bpp``) from k = 32 on,
-    2.7-3.9x faster than CD per update at k = 50-100, except where BPP does not apply: ``nonneg=False``, masked
-    fits (one Gram matrix per column), ``loop="scan"`` (BPP is not reverse-differentiable) and batched grids
-    (``sweep``: under vmap BPP computes every system size, and its batched LAPACK solves can starve jaxlib's CPU
-    thread pool, the deadlock noted in ``cholesky_clip``), which keep CD.
-    ``L1`` may be a pair or a grid of pairs (any non-zero entry counts).
+    RcppML's fits are reproduced; a scatter removal takes CD there, as its majorize-minimize updates need an
+    update that descends from the current iterate, which solve-then-clip does not), and from k = 32 on
+    ``"hals"`` (``_nnls.nnls_hals``): coordinate descent warm-started at the current factor, at most 10 sweeps
+    per update, stopping once a sweep moves the factor by less than 0.1x the first sweep (accelerated HALS).
+    That is not an exact NNLS per update, but each update descends its NNLS from the current iterate, so the
+    fit's loss never increases and the scatter removal's majorization holds; it applies everywhere CD does
+    (nonneg=False, masked, ``loop="scan"``, batched grids). Measured in ``experiments/bench_converge.py``
+    (14,000 x 2,600 at 15 %, k = 50, float32, 2 shared cores, one run): per iteration HALS 315-520 ms, the
+    exact BPP (``"bpp"``) 1,800 ms and 100-sweep CD 9,300 ms, with nearly the same loss per iteration as the
+    exact solvers (0.8641 against 0.8637 after 14 iterations); 1, 3 or 10 adaptive sweeps reached 1e-3 of the
+    best loss in 7.1-7.3 s against scikit-learn CD's 11.8 s. ``L1`` may be a pair or a grid of pairs (any
+    non-zero entry counts).
     """
     any_l1 = bool(np.any(np.asarray(L1, np.float64) != 0))
     if solver == "rcppml":
@@ -107,7 +112,7 @@ def resolve_solver(solver: str, k: int, L1: Any = (0.0, 0.0), scatter: bool = Fa
     if solver == "auto":
         if k < 32:
             return "cholesky" if not any_l1 and not scatter else "cd"
-        return "bpp" if all(nonneg) and not masked and loop == "while" and not batched else "cd"
+        return "hals"
     if solver == "bpp" and not all(nonneg):
         raise ValueError("solver='bpp' solves non-negative least squares; with nonneg=False use solver='cd'")
     if solver == "cholesky" and any_l1:
@@ -115,7 +120,7 @@ def resolve_solver(solver: str, k: int, L1: Any = (0.0, 0.0), scatter: bool = Fa
     if solver == "cholesky" and scatter:
         raise ValueError("solver='cholesky' (solve then clip) is not an exact NNLS, so a scatter removal (remove=, "
                          "or removal='scatter' with a negative target_lambda) would not descend its objective; use "
-                         "solver='cd' or 'auto'")
+                         "solver='cd', 'hals' or 'auto'")
     return solver
 
 

@@ -20,7 +20,7 @@ from jax import lax
 
 from ._bpp import nnls_bpp
 from ._model import NMFModel
-from ._nnls import cholesky_clip, nnls_cd, nnls_step
+from ._nnls import cholesky_clip, nnls_cd, nnls_hals, nnls_step
 from ._options import Config, Hyper
 from ._penalties import apply_l1_l2, apply_target, gram, group_scatter, scale_rows, scatter_target
 
@@ -43,7 +43,8 @@ class State(NamedTuple):
 def nnls(G: jax.Array, B: jax.Array, X_prev: jax.Array, warm: jax.Array, nonneg: bool, config: Config,
          hyper: Hyper) -> jax.Array:
     """The configured NNLS for all columns of B (k, p): one G (k, k), or one per column (p, k, k) for masked data.
-    CD starts from ``X_prev`` once ``warm`` (after the first iteration), else from 0."""
+    CD starts from ``X_prev`` once ``warm`` (after the first iteration), else from 0; HALS from ``X_prev`` once
+    ``warm``, else from ``cholesky_clip``."""
     if config.solver == "cholesky":
         if G.ndim == 2:
             return cholesky_clip(G, B, nonneg=nonneg)
@@ -56,6 +57,17 @@ def nnls(G: jax.Array, B: jax.Array, X_prev: jax.Array, warm: jax.Array, nonneg:
             return nnls_bpp(G, B, start)
         return jax.vmap(lambda G_j, b, x: nnls_bpp(G_j, b[:, None], x[:, None])[:, 0], in_axes=(0, 1, 1),
                         out_axes=1)(G, B, start)
+    if config.solver == "hals":
+        # Warm: descend from the previous iterate (what the scatter removal's majorization needs). First
+        # iteration: start from the solve-then-clip point, a far better start than 0 for a few sweeps.
+        def hals(G, B, X_prev):
+            start = lax.cond(warm, lambda: X_prev, lambda: cholesky_clip(G, B, nonneg=nonneg))
+            return nnls_hals(G, B, start, nonneg=nonneg, differentiable=config.loop == "scan")
+
+        if G.ndim == 2:
+            return hals(G, B, X_prev)
+        return jax.vmap(lambda G_j, b, x: hals(G_j, b[:, None], x[:, None])[:, 0], in_axes=(0, 1, 1),
+                        out_axes=1)(G, B, X_prev)
     X0 = jnp.where(warm, X_prev, jnp.zeros_like(X_prev))
     kw = dict(nonneg=nonneg, cd_maxit=config.cd_maxit, cd_tol=hyper.cd_tol, differentiable=config.loop == "scan")
     if G.ndim == 2:
@@ -101,8 +113,9 @@ def h_solve(config: Config, hyper: Hyper, W: jax.Array, rhs: jax.Array, grams: j
     start); ``T`` the target's columns (default: the whole ``target_H``), ``groups`` the ``remove=`` group rows.
     """
     scatter = scatter_penalties(config, hyper)
-    start = H_prev
-    if scatter:
+    # HALS descends from its start: start at the current raw H, so that each update descends the objective.
+    start = E0 if config.solver == "hals" else H_prev
+    if scatter and config.solver != "hals":
         # Majorized at the current raw H (the embedding diag(d) h), which is then also the warm start, so that any
         # descent of the NNLS surrogate descends the objective. Without an active penalty the warm start stays
         # RcppML's (the unit-scaled H).
@@ -140,10 +153,11 @@ def w_half(config: Config, hyper: Hyper, state: State, d_H: jax.Array, H: jax.Ar
     """
     scatter = scatter_penalties(config, hyper)
     W0 = d_H[:, None] * state.W  # the current raw W' of the model (W, diag(d_H) h)
-    start, extra = state.W, None
+    start, extra = (W0 if config.solver == "hals" else state.W), None
     if scatter:
         c = sum(lam * group_scatter(H, Y) for lam, Y in scatter)  # (k,): lam R_f(h) summed over penalties
-        start = jnp.where(sum(lam for lam, _ in scatter) > 0, W0, state.W)
+        if config.solver != "hals":
+            start = jnp.where(sum(lam for lam, _ in scatter) > 0, W0, state.W)
         m = W0.shape[1]
 
         def extra(G, B):

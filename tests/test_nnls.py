@@ -7,6 +7,7 @@ from scipy.optimize import nnls as scipy_nnls
 
 import jnmf
 from jnmf import apply_l1_l2, cholesky_clip, gram, nnls_cd, nnls_step, scale_rows
+from jnmf._nnls import nnls_hals
 
 
 def _problem(rng, m=30, k=6):
@@ -98,24 +99,151 @@ def test_gram_penalties_and_scaling():
         scale_rows(X, "max")
 
 
-def test_auto_takes_exact_bpp_from_k_32_and_rcppml_keeps_its_rule():
+def test_auto_takes_hals_from_k_32_and_rcppml_keeps_its_rule():
     import jax
 
     rng = np.random.default_rng(3)
     A = np.abs(rng.normal(size=(80, 60)))
     assert jnmf.prepare(A, 8, seed=1).config.solver == "cholesky"  # RcppML's rule below k = 32
     assert jnmf.prepare(A, 8, seed=1, L1=0.1).config.solver == "cd"
-    assert jnmf.prepare(A, 40, seed=1).config.solver == "bpp"
+    assert jnmf.prepare(A, 40, seed=1).config.solver == "hals"
     assert jnmf.prepare(A, 40, seed=1, solver="rcppml").config.solver == "cd"
     assert jnmf.prepare(A, 8, seed=1, solver="rcppml").config.solver == "cholesky"
-    assert jnmf.prepare(A, 40, seed=1, nonneg=(True, False)).config.solver == "cd"
-    assert jnmf.prepare(A, 40, seed=1, loop="scan").config.solver == "cd"
+    assert jnmf.prepare(A, 40, seed=1, nonneg=(True, False)).config.solver == "hals"
+    assert jnmf.prepare(A, 40, seed=1, loop="scan").config.solver == "hals"
+    assert jnmf.prepare(A, 40, seed=1, solver="bpp").config.solver == "bpp"
     with pytest.raises(ValueError, match="solver='bpp' solves non-negative"):
         jnmf.prepare(A, 40, seed=1, solver="bpp", nonneg=False)
     with jax.enable_x64(True):
-        bpp = jnmf.nmf(A, 40, seed=1, maxit=25, tol=0.0)
+        bpp = jnmf.nmf(A, 40, seed=1, maxit=25, tol=0.0, solver="bpp")
         cd = jnmf.nmf(A, 40, seed=1, maxit=25, tol=0.0, solver="cd", cd_maxit=500, cd_tol=1e-12)
+        hals = jnmf.nmf(A, 40, seed=1, maxit=25, tol=0.0)
     hist = np.asarray(bpp.loss_history)
     # exact NNLS half-steps: the squared error never increases, and matches converged CD
     assert np.all(np.diff(hist) <= 1e-10 * hist[:-1])
     np.testing.assert_allclose(hist, np.asarray(cd.loss_history), rtol=1e-6)
+    # HALS half-steps descend from the current iterate: the loss never increases either
+    hh = np.asarray(hals.loss_history)
+    assert np.all(np.isfinite(hh)) and np.all(np.diff(hh) <= 1e-12 * hh[:-1])
+
+
+def _hals_problem(k, p, cond, seed):
+    """G = A'A (k, k) with cond(G) = ``cond`` (None: A Gaussian 2k x k), B = A'Y (k, p)."""
+    rng = np.random.default_rng(seed)
+    if cond is None:
+        a = rng.normal(size=(2 * k, k))
+    else:
+        u = np.linalg.qr(rng.normal(size=(k, k)))[0]
+        v = np.linalg.qr(rng.normal(size=(k, k)))[0]
+        a = (u * np.logspace(0, -np.log10(cond) / 2, k)) @ v
+    y = rng.normal(size=(a.shape[0], p))
+    return a, y, a.T @ a, a.T @ y
+
+
+def _obj(G, B, X):
+    return 0.5 * np.einsum("ip,ij,jp->p", X, G, X) - np.einsum("ip,ip->p", B, X)
+
+
+_hals = jax.jit(nnls_hals, static_argnames=("nonneg", "sweeps", "differentiable"))
+
+
+@pytest.mark.parametrize(("k", "cond", "sweeps"), [(6, None, 2000), (50, None, 2000), (200, None, 3000),
+                                                    (20, 1e4, 60_000)])
+def test_hals_run_to_convergence_equals_scipy_nnls(k, cond, sweeps):
+    a, y, G, B = _hals_problem(k, 3, cond, seed=k)
+    with enable_x64(True):
+        X = np.asarray(_hals(jnp.asarray(G), jnp.asarray(B), None, sweeps=sweeps, first=0.0))
+    ref = np.stack([scipy_nnls(a, y[:, j], maxiter=50 * k)[0] for j in range(y.shape[1])], axis=1)
+    assert np.all(X >= 0)
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(X, ref, atol=1e-6 * scale)
+    np.testing.assert_allclose(_obj(G, B, X), _obj(G, B, ref), rtol=1e-10)
+
+
+def test_hals_float32_reaches_scipy_objective_to_float32_resolution():
+    a, y, G, B = _hals_problem(30, 4, None, seed=4)
+    X = np.asarray(_hals(jnp.asarray(G, jnp.float32), jnp.asarray(B, jnp.float32), None, sweeps=2000, first=0.0),
+                   np.float64)
+    assert X.dtype == np.float64 and np.all(X >= 0)
+    ref = np.stack([scipy_nnls(a, y[:, j])[0] for j in range(y.shape[1])], axis=1)
+    f, f_ref = _obj(G, B, X), _obj(G, B, ref)
+    assert np.all(f - f_ref <= 1e-5 * np.abs(f_ref))
+
+
+def test_hals_jit_vmap_and_scan_agree():
+    a, y, G, B = _hals_problem(12, 9, None, seed=2)
+    G32, B32 = jnp.asarray(G, jnp.float32), jnp.asarray(B, jnp.float32)
+    X0 = jnp.abs(jnp.asarray(np.random.default_rng(0).normal(size=B.shape), jnp.float32))
+    eager = nnls_hals(G32, B32, X0, sweeps=4, first=0.0)
+    np.testing.assert_allclose(np.asarray(_hals(G32, B32, X0, sweeps=4, first=0.0)), np.asarray(eager),
+                               rtol=1e-5, atol=1e-6)
+    scan = nnls_hals(G32, B32, X0, sweeps=4, first=0.0, differentiable=True)
+    np.testing.assert_allclose(np.asarray(scan), np.asarray(eager), rtol=1e-5, atol=1e-6)
+    # a batch of problems under vmap equals each problem alone (the sweeps stop on each member's own rule)
+    Gs = jnp.stack([G32, 2 * G32, G32 + jnp.eye(12)])
+    Bs = jnp.stack([B32, B32, -B32])
+    vm = jax.vmap(lambda G, B: nnls_hals(G, B, sweeps=50))(Gs, Bs)
+    for i in range(3):
+        np.testing.assert_allclose(np.asarray(vm[i]), np.asarray(nnls_hals(Gs[i], Bs[i], sweeps=50)),
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sweeps", [1, 2, 10])
+def test_hals_inexact_update_never_increases_the_objective_from_its_start(sweeps):
+    rng = np.random.default_rng(sweeps)
+    for cond in (None, 1e5):
+        a, y, G, B = _hals_problem(40, 25, cond, seed=sweeps)
+        X0 = np.abs(rng.normal(size=B.shape)) * (rng.random(B.shape) < 0.6)
+        with enable_x64(True):
+            X = np.asarray(nnls_hals(jnp.asarray(G), jnp.asarray(B), jnp.asarray(X0), sweeps=sweeps))
+        f0, f = _obj(G, B, X0), _obj(G, B, X)
+        assert np.all(X >= 0)
+        assert np.all(f <= f0 + 1e-12 * np.abs(f0))  # per column: each row update minimises exactly
+        assert np.any(f < f0)
+
+
+def test_hals_without_nonneg_and_dead_rows():
+    a, y, G, B = _hals_problem(8, 3, None, seed=5)
+    with enable_x64(True):
+        X = np.asarray(nnls_hals(jnp.asarray(G), jnp.asarray(B), jnp.zeros(B.shape), nonneg=False, sweeps=5000,
+                                 first=0.0))
+    np.testing.assert_allclose(X, np.linalg.solve(G, B), rtol=1e-8, atol=1e-10)
+    G0 = np.diag([0.0, 2.0])
+    X = np.asarray(nnls_hals(jnp.asarray(G0), jnp.array([[1.0], [4.0]]), jnp.array([[3.0], [0.0]]), sweeps=3))
+    np.testing.assert_allclose(X, [[3.0], [2.0]])  # the row with G_ii = 0 keeps its start
+
+
+@pytest.mark.parametrize("norm", ["L1", "L2"])
+def test_hals_fit_with_scatter_removal_descends_its_objective(norm):
+    import jax
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat([0, 1, 2], 30)
+    shift = np.abs(rng.normal(size=(50, 3)))[:, groups]
+    A = np.abs(rng.normal(size=(50, 5))) @ np.abs(rng.normal(size=(5, 90))) + shift
+    with jax.enable_x64(True):
+        model = jnmf.nmf(A, 4, seed=3, tol=0.0, maxit=60, remove=groups, remove_lambda=1.0, solver="hals", norm=norm)
+    W, d, h = (np.asarray(x, np.float64) for x in (model.w, model.d, model.h))
+    E = d[:, None] * h
+    means = np.stack([E[:, groups == g].mean(1) for g in range(3)], 1)[:, groups]
+    between = means - E.mean(1, keepdims=True)
+    objective = np.sum((A - W @ E) ** 2) + np.sum(between * between)
+    hist = np.asarray(model.loss_history)
+    assert abs(float(model.loss) / objective - 1) < 1e-10  # the loss is the stated objective
+    # each HALS update descends its majorizer from the current iterate, so the objective never increases
+    assert np.all(np.diff(hist) <= 1e-12 * hist[:-1]), np.max(np.diff(hist) / hist[:-1])
+
+
+def test_hals_masked_and_semi_nonnegative_fits_descend():
+    import jax
+
+    rng = np.random.default_rng(0)
+    A = np.abs(rng.normal(size=(40, 30)))
+    A[rng.random(A.shape) < 0.1] = np.nan  # missing entries: one Gram matrix per column
+    with jax.enable_x64(True):
+        masked = jnmf.nmf(A, 5, seed=1, tol=0.0, maxit=30, solver="hals")
+        semi = jnmf.nmf(np.nan_to_num(A), 5, seed=1, tol=0.0, maxit=30, solver="hals", nonneg=(True, False))
+    for model in (masked, semi):
+        hist = np.asarray(model.loss_history)
+        assert np.all(np.isfinite(hist)) and np.all(np.diff(hist) <= 1e-12 * hist[:-1])
+    assert np.any(np.asarray(semi.h) < 0)  # H unconstrained

@@ -215,6 +215,38 @@ def test_estimate_memory_counts_data_and_factors():
         estimate_memory(m, n, k, layout="sparse")
 
 
+def test_estimate_memory_of_a_2_6e9_non_zero_atlas_counts_int64_indices():
+    m, n, k, nnz = 1_000_000, 20_000, 50, 2_600_000_000
+    factors = 6 * k * (m + n) * 4
+    host = estimate_memory(m, n, k, nnz, "sparse", sparse_kernel="host")
+    assert host == 2 * nnz * (4 + 8) + (m + n + 2) * 8 + factors  # int64 indices and row pointers past 2^31
+    assert abs(host / 2**30 - 59.2) < 0.1
+    below = 2**31 - 1  # still int32
+    assert estimate_memory(m, n, k, below, "sparse", sparse_kernel="host") == 2 * below * 8 + (m + n + 2) * 4 + factors
+    assert estimate_memory(m, n, k, layout="dense") == m * n * 4 + factors  # 74.5 GiB dense
+
+
+def test_host_kernel_takes_int64_indices():
+    from jnmf._csr_kernel import csr_times_t
+    from jnmf._data.host_csr import host_sparse
+
+    rng = np.random.default_rng(4)
+    M = sp.random(40, 30, density=0.3, random_state=rng, format="csr")
+    X = rng.random((3, 30))
+    i64, p64 = M.indices.astype(np.int64), M.indptr.astype(np.int64)
+    out = csr_times_t(p64, i64, M.data, X)
+    np.testing.assert_allclose(out, X @ M.T.toarray(), rtol=1e-13)
+    np.testing.assert_array_equal(out, csr_times_t(M.indptr, M.indices, M.data, X))
+    # a CSR whose index arrays are int64 (as scipy builds them from 2^31 non-zeros) gives the same products
+    big = sp.csr_matrix((M.data, i64, p64), shape=M.shape)
+    with jax.enable_x64(True):
+        data = host_sparse(big, np.float64)
+        W = jax.numpy.asarray(rng.random((3, 40)))
+        H = jax.numpy.asarray(rng.random((3, 30)))
+        np.testing.assert_allclose(np.asarray(data.left(W)), np.asarray(W) @ M.toarray(), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(data.right(H)), np.asarray(H) @ M.T.toarray(), rtol=1e-12)
+
+
 def test_auto_layout_follows_the_budget():
     rng = np.random.default_rng(0)
     m, n, k = 1000, 1000, 2

@@ -37,6 +37,8 @@ from .sharded import ShardedSparseData, shard_sparse_columns
 
 _MEMORY_FRACTION = 0.5
 _INDEX_BYTES = 4  # int32 row/column indices
+# From 2^31 non-zeros scipy stores CSR indices and row pointers as int64 (the host kernel takes either width).
+_INT32_NNZ = 2**31 - 1
 
 
 def estimate_memory(m: int, n: int, k: int, nnz: int | None = None, layout: str = "dense",
@@ -44,7 +46,10 @@ def estimate_memory(m: int, n: int, k: int, nnz: int | None = None, layout: str 
     """Bytes of one fit's working set for A (m, n) at rank k in ``layout`` (``"dense"`` or ``"sparse"``).
 
     ``nnz`` (number of stored non-zeros) is needed for ``"sparse"``, and ``sparse_kernel`` (``"host"`` or
-    ``"ell"``, the default: the larger) says which sparse storage. ``dtype`` is the fit's float dtype.
+    ``"ell"``, the default: the larger) says which sparse storage. ``dtype`` is the fit's float dtype. The host
+    CSR counts 8-byte indices from nnz = 2^31 on (scipy's int64 CSR): a 1,000,000 x 20,000 atlas with 2.6e9
+    non-zeros needs 2 x 2.6e9 x (4 + 8) B = 58.1 GiB for A and A' in float32, plus 6 k (m + n) x 4 B of factors
+    (1.14 GiB at k = 50).
     """
     item = np.dtype(dtype).itemsize
     factors = 6 * k * (m + n) * item
@@ -54,7 +59,8 @@ def estimate_memory(m: int, n: int, k: int, nnz: int | None = None, layout: str 
         if nnz is None:
             raise ValueError("estimate_memory: layout='sparse' needs nnz")
         if sparse_kernel == "host":
-            return 2 * nnz * (item + _INDEX_BYTES) + (m + n + 2) * _INDEX_BYTES + factors
+            index = 8 if nnz > _INT32_NNZ else _INDEX_BYTES
+            return 2 * nnz * (item + index) + (m + n + 2) * index + factors
         return 2 * 2 * nnz * (item + _INDEX_BYTES) + (min(2**17, 2 * nnz) + nnz // 8) * k * item + factors
     raise ValueError(f"estimate_memory: layout must be 'dense' or 'sparse', got {layout!r}")
 
