@@ -203,9 +203,10 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
         nonneg: non-negativity per factor (scalar or (W, H)).
         solver: ``"cholesky"`` (solve then clip at 0: RcppML's default when k < 32 and L1 = 0; not exact NNLS),
             ``"cd"`` (sequential coordinate descent, exact NNLS to ``cd_tol``/``cd_maxit``), ``"bpp"`` (block
-            principal pivoting, exact NNLS, fast at large k), ``"rcppml"`` (RcppML's rule: Cholesky when k < 32 and
-            no L1, else CD) or ``"auto"`` (RcppML's rule below k = 32, BPP from 32 on where it applies; see
-            ``_options.resolve_solver``).
+            principal pivoting, exact NNLS), ``"hals"`` (warm-started coordinate descent, at most 10 sweeps per
+            update: inexact, never increases the objective; the fastest to a given loss in
+            ``experiments/bench_converge.py``), ``"rcppml"`` (RcppML's rule: Cholesky when k < 32 and no L1, else
+            CD) or ``"auto"`` (RcppML's rule below k = 32, HALS from 32 on; see ``_options.resolve_solver``).
         norm: diagonal scaling of each factor after its update: ``"L1"``, ``"L2"`` or ``"none"``.
         upper_bound: clamp of the raw factor after the solve (0 = off), per factor.
         target_H: (k, n) target for the H update: ``lam > 0`` adds ``lam/2 |h_j - t_j|^2`` (``G + lam I``,
