@@ -282,7 +282,8 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
         k = auto_rank(A, **{name: value for name, value in options.items() if name not in ("target_H", "target_W")})
     model = solve(build_problem(A, k, FitOptions.of("nmf", options)))
     check_finite(model)
-    _log.warn_if_not_converged(model, loop=options.get("loop", "while"))
+    if np.all(np.asarray(options.get("tol", 1e-4)) > 0):  # tol = 0 asks for exactly maxit iterations
+        _log.warn_if_not_converged(model, loop=options.get("loop", "while"))
     return model
 
 

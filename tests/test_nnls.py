@@ -8,6 +8,8 @@ from scipy.optimize import nnls as scipy_nnls
 import jnmf
 from jnmf import apply_l1_l2, cholesky_clip, gram, nnls_cd, nnls_step, scale_rows
 from jnmf._nnls import nnls_hals
+from tests.test_bpp import _objective
+from tests.test_bpp import _problem as _nnls_problem  # the same random NNLS problems as BPP's tests
 
 
 def _problem(rng, m=30, k=6):
@@ -127,51 +129,34 @@ def test_auto_takes_hals_from_k_32_and_rcppml_keeps_its_rule():
     assert np.all(np.isfinite(hh)) and np.all(np.diff(hh) <= 1e-12 * hh[:-1])
 
 
-def _hals_problem(k, p, cond, seed):
-    """G = A'A (k, k) with cond(G) = ``cond`` (None: A Gaussian 2k x k), B = A'Y (k, p)."""
-    rng = np.random.default_rng(seed)
-    if cond is None:
-        a = rng.normal(size=(2 * k, k))
-    else:
-        u = np.linalg.qr(rng.normal(size=(k, k)))[0]
-        v = np.linalg.qr(rng.normal(size=(k, k)))[0]
-        a = (u * np.logspace(0, -np.log10(cond) / 2, k)) @ v
-    y = rng.normal(size=(a.shape[0], p))
-    return a, y, a.T @ a, a.T @ y
-
-
-def _obj(G, B, X):
-    return 0.5 * np.einsum("ip,ij,jp->p", X, G, X) - np.einsum("ip,ip->p", B, X)
-
-
 _hals = jax.jit(nnls_hals, static_argnames=("nonneg", "sweeps", "differentiable"))
 
 
 @pytest.mark.parametrize(("k", "cond", "sweeps"), [(6, None, 2000), (50, None, 2000), (200, None, 3000),
                                                     (20, 1e4, 60_000)])
 def test_hals_run_to_convergence_equals_scipy_nnls(k, cond, sweeps):
-    a, y, G, B = _hals_problem(k, 3, cond, seed=k)
+    a, y, G, B = _nnls_problem(k, 3, cond, seed=k)
     with enable_x64(True):
         X = np.asarray(_hals(jnp.asarray(G), jnp.asarray(B), None, sweeps=sweeps, first=0.0))
     ref = np.stack([scipy_nnls(a, y[:, j], maxiter=50 * k)[0] for j in range(y.shape[1])], axis=1)
     assert np.all(X >= 0)
     scale = np.abs(ref).max()
     np.testing.assert_allclose(X, ref, atol=1e-6 * scale)
-    np.testing.assert_allclose(_obj(G, B, X), _obj(G, B, ref), rtol=1e-10)
+    np.testing.assert_allclose(_objective(G, B, X), _objective(G, B, ref), rtol=1e-10)
 
 
 def test_hals_float32_reaches_scipy_objective_to_float32_resolution():
-    a, y, G, B = _hals_problem(30, 4, None, seed=4)
+    a, y, G, B = _nnls_problem(30, 4, None, seed=4)
     X = np.asarray(_hals(jnp.asarray(G, jnp.float32), jnp.asarray(B, jnp.float32), None, sweeps=2000, first=0.0),
                    np.float64)
     assert X.dtype == np.float64 and np.all(X >= 0)
     ref = np.stack([scipy_nnls(a, y[:, j])[0] for j in range(y.shape[1])], axis=1)
-    f, f_ref = _obj(G, B, X), _obj(G, B, ref)
+    f, f_ref = _objective(G, B, X), _objective(G, B, ref)
     assert np.all(f - f_ref <= 1e-5 * np.abs(f_ref))
 
 
 def test_hals_jit_vmap_and_scan_agree():
-    a, y, G, B = _hals_problem(12, 9, None, seed=2)
+    a, y, G, B = _nnls_problem(12, 9, None, seed=2)
     G32, B32 = jnp.asarray(G, jnp.float32), jnp.asarray(B, jnp.float32)
     X0 = jnp.abs(jnp.asarray(np.random.default_rng(0).normal(size=B.shape), jnp.float32))
     eager = nnls_hals(G32, B32, X0, sweeps=4, first=0.0)
@@ -192,18 +177,18 @@ def test_hals_jit_vmap_and_scan_agree():
 def test_hals_inexact_update_never_increases_the_objective_from_its_start(sweeps):
     rng = np.random.default_rng(sweeps)
     for cond in (None, 1e5):
-        a, y, G, B = _hals_problem(40, 25, cond, seed=sweeps)
+        a, y, G, B = _nnls_problem(40, 25, cond, seed=sweeps)
         X0 = np.abs(rng.normal(size=B.shape)) * (rng.random(B.shape) < 0.6)
         with enable_x64(True):
             X = np.asarray(nnls_hals(jnp.asarray(G), jnp.asarray(B), jnp.asarray(X0), sweeps=sweeps))
-        f0, f = _obj(G, B, X0), _obj(G, B, X)
+        f0, f = _objective(G, B, X0), _objective(G, B, X)
         assert np.all(X >= 0)
         assert np.all(f <= f0 + 1e-12 * np.abs(f0))  # per column: each row update minimises exactly
         assert np.any(f < f0)
 
 
 def test_hals_without_nonneg_and_dead_rows():
-    a, y, G, B = _hals_problem(8, 3, None, seed=5)
+    a, y, G, B = _nnls_problem(8, 3, None, seed=5)
     with enable_x64(True):
         X = np.asarray(nnls_hals(jnp.asarray(G), jnp.asarray(B), jnp.zeros(B.shape), nonneg=False, sweeps=5000,
                                  first=0.0))
