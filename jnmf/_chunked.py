@@ -49,6 +49,7 @@ import numpy as np
 import scipy.sparse as sp
 from jax import lax
 
+from . import _log
 from . import _validate as V
 from ._data import DenseData, HostSparseData, SparseData, holds_host_data, prepare_data
 from ._input import split_mask, squared_norm
@@ -335,6 +336,7 @@ def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = 
             state = _advance(state, pending.W, pending.H, pending.d, sse, hyper.tol,
                              patience_limit=config.patience)
             pending = None
+            _log.logger.info("nmf_chunked: iteration %d, loss %.6g", int(state.n_iter), float(state.loss))
             if not bool(running(state, config.maxit)):  # the driver's rule, evaluated on the host
                 break
         if rhs is not None:
@@ -345,10 +347,13 @@ def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = 
             pending = out
         else:
             state = out
+            _log.logger.info("nmf_chunked: iteration %d, loss %.6g", int(state.n_iter), float(state.loss))
             if not bool(running(state, config.maxit)):
                 break
     model = finish_model(config, state, plan.w0)
     check_finite(model)
+    if float(hyper.tol) > 0:  # tol = 0 asks for exactly maxit iterations
+        _log.warn_if_not_converged(model, what="nmf_chunked")
     return model
 
 

@@ -43,3 +43,11 @@ def test_progress_yields_everything_and_logs(caplog):
         assert list(_log.progress(iter("ab"), desc="quiet", verbose=False)) == ["a", "b"]
     messages = [r.getMessage() for r in caplog.records if r.name == "jnmf"]
     assert messages[0].startswith("steps: 3 steps in") and messages[1].startswith("quiet: 2 steps in")
+
+
+def test_chunked_fits_log_each_iteration_and_warn_when_unconverged(caplog):
+    A = np.random.default_rng(0).random((12, 10))
+    with caplog.at_level(logging.INFO, logger="jnmf"), pytest.warns(jnmf.ConvergenceWarning, match="nmf_chunked"):
+        jnmf.nmf_chunked([A[:, :5], A[:, 5:]], 2, seed=1, maxit=3)
+    assert [r.getMessage().split(",")[0] for r in caplog.records if r.name == "jnmf"] == [
+        f"nmf_chunked: iteration {i}" for i in (1, 2, 3)]
