@@ -352,8 +352,7 @@ def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = 
                 break
     model = finish_model(config, state, plan.w0)
     check_finite(model)
-    if float(hyper.tol) > 0:  # tol = 0 asks for exactly maxit iterations
-        _log.warn_if_not_converged(model, what="nmf_chunked")
+    _log.warn_if_not_converged(model, tol=hyper.tol, what="nmf_chunked")
     return model
 
 

@@ -27,13 +27,14 @@ class ConvergenceWarning(UserWarning):
     """
 
 
-def warn_if_not_converged(model: Any, *, loop: str = "while", what: str = "nmf", stacklevel: int = 3) -> bool:
+def warn_if_not_converged(model: Any, *, loop: str = "while", tol: Any = 1.0, what: str = "nmf",
+                          stacklevel: int = 3) -> bool:
     """Warn with ``ConvergenceWarning`` when a single ``while``-loop fit used all ``maxit`` iterations unconverged.
 
     Called after the compiled fit has returned, on the host. Nothing happens for batched models (sweep lanes
-    report ``converged`` per member in ``diagnostics()``), for ``loop="scan"`` fits (fixed length by design), or
-    under a JAX transformation (the fields are tracers: no value can be read without a device sync inside the
-    compiled program).
+    report ``converged`` per member in ``diagnostics()``), for ``loop="scan"`` fits (fixed length by design), for
+    ``tol = 0`` (exactly ``maxit`` iterations asked for), or under a JAX transformation (the fields are tracers:
+    no value can be read without a device sync inside the compiled program).
 
     Parameters
     ----------
@@ -41,6 +42,8 @@ def warn_if_not_converged(model: Any, *, loop: str = "while", what: str = "nmf",
         The fitted model; ``maxit`` is read from ``loss_history``'s length.
     loop : {"while", "scan"}
         The fit's loop.
+    tol : float or array
+        The fit's ``tol``; no warning where it is 0.
     what : str
         The function named in the message.
     stacklevel : int
@@ -57,8 +60,9 @@ def warn_if_not_converged(model: Any, *, loop: str = "while", what: str = "nmf",
     ConvergenceWarning: nmf stopped at maxit=5 without converging ...
     """
     import jax
+    import numpy as np  # here, not at the top: ``import jnmf`` loads neither numpy nor jax
 
-    if loop != "while":
+    if loop != "while" or not np.all(np.asarray(tol) > 0):
         return False
     converged, n_iter, history = model.converged, model.iter, model.loss_history
     if any(isinstance(x, jax.core.Tracer) for x in (converged, n_iter, model.tol)):

@@ -273,7 +273,7 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
     """
     if options.get("loss_mode", "jnmf") == "rcppml":
         model = _rcppml_loss(A, k, FitOptions.of("nmf", options))[0]
-        _log.warn_if_not_converged(model)
+        _log.warn_if_not_converged(model, tol=options.get("tol", 1e-4))
         return model
     if isinstance(k, str) and k == "auto":  # RcppML's k = "auto": the rank cross-validation picks
         from ._cv import auto_rank
@@ -282,42 +282,45 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
         k = auto_rank(A, **{name: value for name, value in options.items() if name not in ("target_H", "target_W")})
     model = solve(build_problem(A, k, FitOptions.of("nmf", options)))
     check_finite(model)
-    if np.all(np.asarray(options.get("tol", 1e-4)) > 0):  # tol = 0 asks for exactly maxit iterations
-        _log.warn_if_not_converged(model, loop=options.get("loop", "while"))
+    _log.warn_if_not_converged(model, loop=options.get("loop", "while"), tol=options.get("tol", 1e-4))
     return model
 
 
 # The options RcppML's IRLS path takes (``_irls.fit_rcppml_loss``); any other one set away from its default is
 # refused there rather than ignored.
 _RCPPML_LOSS_OPTIONS = ("tol", "maxit", "seed", "w_init", "L1", "L2", "cd_maxit", "dtype", "loss", "power",
-                        "dispersion", "robust", "loss_mode", "solver", "cd_tol")
+                        "dispersion", "robust", "loss_mode", "solver")
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    return value is default or (np.ndim(value) == 0 and np.ndim(default) == 0 and value == default)
 
 
 def _rcppml_loss(A: Any, k: Any, opts: FitOptions) -> tuple[NMFModel, dict]:
-    """``nmf(..., loss_mode="rcppml")``: RcppML's IRLS fit (``_irls.fit_rcppml_loss``) with nmf's seed rule."""
+    """``nmf(..., loss_mode="rcppml")``: RcppML's IRLS fit (``_irls.fit_rcppml_loss``, which checks A and its own
+    arguments) with nmf's seed rule."""
     from ._irls import fit_rcppml_loss
 
     check_loss(opts)
     defaults = FitOptions()
     for field in dataclasses.fields(FitOptions):
-        name = field.name
-        value = getattr(opts, name)
-        if name not in _RCPPML_LOSS_OPTIONS and not (value is getattr(defaults, name) or (
-                np.ndim(value) == 0 and np.ndim(getattr(defaults, name)) == 0 and value == getattr(defaults, name))):
-            raise ValueError(f"{name}= does not apply to loss_mode='rcppml' (RcppML's IRLS path takes "
+        if field.name not in _RCPPML_LOSS_OPTIONS and not _is_default(getattr(opts, field.name),
+                                                                      getattr(defaults, field.name)):
+            raise ValueError(f"{field.name}= does not apply to loss_mode='rcppml' (RcppML's IRLS path takes "
                              f"{', '.join(n for n in _RCPPML_LOSS_OPTIONS if n != 'loss_mode')}); use loss_mode='jnmf'")
     if opts.solver not in ("auto", "cd", "rcppml"):
         raise ValueError(f"solver={opts.solver!r}: RcppML's IRLS losses always use its coordinate descent "
                          "(solver='auto' or 'cd')")
-    m, n = np.shape(A) if not hasattr(A, "shape") else A.shape
+    shape = np.shape(A)  # scipy.sparse and arrays alike
+    if len(shape) != 2:
+        raise ValueError(f"A must be a 2-D matrix, got shape {shape}")
+    m, n = shape
     k = V.check_rank(k, m, n)
     dtype = check_dtype(opts.dtype)
     if opts.w_init is not None and opts.seed is not None:
-        raise ValueError("give seed or w_init, not both")
+        raise ValueError("give either seed or w_init, not both")
     kind, value = check_seed(opts.w_init if opts.w_init is not None else opts.seed,
                              "w_init" if opts.w_init is not None else "seed", (m, k))
-    if kind not in ("none", "int", "key", "rawkey", "matrix"):
-        raise ValueError(f"seed: a single seed is needed for loss_mode='rcppml', got {kind}")
     w0 = np.asarray(initial_w(kind, value, m, k, dtype))
     dispersion = "per_row" if opts.dispersion is None else opts.dispersion
     extra = {} if opts.power is None else {"tweedie_power": opts.power}
