@@ -247,10 +247,14 @@ def umap_coordinates(data: Any, *, basis: str = "X_nmf", n_neighbors: int = 15, 
         import umap
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError('UMAP needs umap-learn: pip install "jnmf[figures]"') from e
+    from . import _umap_fast
+
     x = _samples_by_factors(data, basis)
+    _umap_fast.enable_umap_cache()
     # A fixed random_state makes umap-learn single-threaded; say so explicitly to silence its warning.
     reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, random_state=seed, n_jobs=1)
-    return np.asarray(reducer.fit_transform(x))
+    with _umap_fast.fast_small_data():  # the same layout, ~2x faster (see _umap_fast)
+        return np.asarray(reducer.fit_transform(x))
 
 
 def embedding(data: Any, labels: Any = None, *, basis: str = "X_umap", ax: Any = None, title: str | None = None,

@@ -103,3 +103,16 @@ def test_embedding_grid_puts_metrics_in_titles(plt):
     assert mpl.get_backend() == backend
     with pytest.raises(ValueError, match="one entry per panel"):
         jnmf.pl.embedding_grid([x[:, :2]], labels, ["a", "b"])
+
+
+def test_umap_coordinates_equal_umap_learn_bitwise():
+    # The precomputed-distance path (jnmf/_umap_fast.py) must give umap-learn's own layout, not a lookalike:
+    # same float32 cosine values in the same order, so the same graph, initialisation and epochs.
+    umap = pytest.importorskip("umap", reason="UMAP needs umap-learn (pip install 'jnmf[figures]')")
+    rng = np.random.default_rng(3)
+    x = rng.gamma(1.0, 1.0, (300, 6))
+    x[7] = 0.0  # a zero row: umap-learn's cosine special case
+    x[9] = 3.0 * x[8]  # parallel rows: a float32 cosine distance of about -1e-7, which umap-learn keeps
+    ours = jnmf.pl.umap_coordinates(x, seed=5)
+    ref = umap.UMAP(n_neighbors=15, min_dist=0.3, metric="cosine", random_state=5, n_jobs=1).fit_transform(x)
+    np.testing.assert_array_equal(ours, ref)
