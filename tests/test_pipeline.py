@@ -139,3 +139,31 @@ def test_vignette_config_reproduces_the_published_table(tmp_path):
     assert records[methods["baseline"]["label"]]["iterations"] == 17
     assert records[methods["target"]["label"]]["iterations"] == 15
     assert (tmp_path / "out" / "factor_composition.png").is_file()
+
+
+def _poisson_config(removal="scatter"):
+    text = CONFIG.format(experiment="guided_nmf").replace("seed = 7\n", 'seed = 7\nloss = "poisson"\n')
+    text = text.replace('removal = "project"', f'removal = "{removal}"').replace("umap = true", "umap = false")
+    return text
+
+
+def test_poisson_run_reports_the_loss_ratio(tmp_path):
+    # The main job accepts non-Gaussian fits (issue 20): the poisson objective's ratio beside the MSE ratio.
+    config = tmp_path / "poisson.toml"
+    config.write_text(_poisson_config())
+    out = tmp_path / "out"
+    assert cli.main(["run", str(config), "--out", str(out), "--quiet", "--no-cache"]) == 0
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert records[0]["loss_ratio"] == pytest.approx(1.0) and records[0]["mse_ratio"] == pytest.approx(1.0)
+    assert all(r["loss_ratio"] > 0 for r in records)
+    assert "poisson loss ratio" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("removal", ["proj_adv", "project"])
+def test_poisson_config_with_an_unsupported_removal_is_refused_up_front(tmp_path, capsys, removal):
+    config = tmp_path / "poisson.toml"
+    config.write_text(_poisson_config(removal))
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "out"), "--quiet", "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert "methods[3].removal" in err and f"'{removal}' removal is not supported with nmf.loss = 'poisson'" in err

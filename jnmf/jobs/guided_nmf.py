@@ -26,11 +26,16 @@ CONFIG_SCHEMA = {
     "data": Required({"name": Required(str), "labels": Required(str), "subsample": int, "subsample_seed": int}),
     # Options passed to every jnmf.nmf call; nmf itself checks their values. target_*/removal come from [[methods]].
     "nmf": Required({"k": Required(int), "tol": float, "maxit": int, "seed": int, "L1": (float, [float]),
-                     "L2": (float, [float]), "nonneg": (bool, [bool]), "solver": OneOf("auto", "cholesky", "cd"),
+                     "L2": (float, [float]), "nonneg": (bool, [bool]),
+                     "solver": OneOf("auto", "cholesky", "cd", "hals", "bpp", "rcppml"),
                      "norm": OneOf("L1", "L2", "none"), "sort": bool, "upper_bound": (float, [float]),
                      "cd_maxit": int, "cd_tol": float, "layout": OneOf("auto", "dense", "sparse"),
                      "loop": OneOf("while", "scan"), "dtype": OneOf("float32", "float64"),
-                     "max_memory_bytes": int}),
+                     "max_memory_bytes": int,
+                     # Non-Gaussian fits (jnmf._losses); the metrics table then adds the loss's own ratio.
+                     "loss": OneOf("mse", "poisson", "kl", "nb", "gamma", "tweedie", "inverse_gaussian", "huber",
+                                   "mae"),
+                     "power": float, "delta": float, "dispersion": (float, OneOf("per_row", "global"))}),
     "assess": {"classifiers": [OneOf("knn", "lr", "rf")], "seed": int},
     "figures": {"umap": bool, "n_neighbors": int, "min_dist": float, "metric": str, "seed": int},
     "methods": Required([{"key": Required(str), "label": Required(str),
@@ -53,6 +58,16 @@ def validate_config(config: dict, path) -> None:
             raise ConfigError(path, f"methods[{i}].removal", f"only applies to kind 'target', not {m['kind']!r}")
         if keys.count(m["key"]) > 1:
             raise ConfigError(path, f"methods[{i}].key", f"duplicate method key {m['key']!r}")
+    loss = config["nmf"].get("loss", "mse")
+    for i, m in enumerate(config["methods"]):
+        # nmf's own rules for non-Gaussian losses (jnmf._losses), checked here before the data are read.
+        if loss != "mse" and m["kind"] == "target" and m.get("lambda", 0) < 0 and m.get("removal", "scatter") != \
+                "scatter":
+            raise ConfigError(path, f"methods[{i}].removal", f"{m['removal']!r} removal is not supported with "
+                              f"nmf.loss = {loss!r} (it minimises no stated objective); use 'scatter'")
+        if loss in ("gamma", "tweedie", "inverse_gaussian") and m["kind"] == "target":
+            raise ConfigError(path, f"methods[{i}].kind", f"target methods need a loss with a quadratic surrogate; "
+                              f"nmf.loss = {loss!r} takes L1 only (use poisson, nb, huber or mae, or kind 'refine')")
     for name, listed in config.get("tables", {}).items():
         for key in listed:
             if key not in keys:
@@ -60,8 +75,8 @@ def validate_config(config: dict, path) -> None:
                                   f"({', '.join(repr(k) for k in keys)})")
 
 
-RECORD_FIELDS = ("method", "nmi", "ari", "accuracy_knn", "accuracy_lr", "mse_ratio", "iterations", "converged",
-                 "seconds")
+RECORD_FIELDS = ("method", "nmi", "ari", "accuracy_knn", "accuracy_lr", "mse_ratio", "loss_ratio", "iterations",
+                 "converged", "seconds")
 
 
 def _fit(kind: str, spec: dict, A, labels, base, nmf_opts: dict):
@@ -98,10 +113,13 @@ def _fmt(x, digits=3):
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def _table(records: dict, keys: list[str], methods: dict) -> str:
-    """A markdown table; the vignette column only when some row has published numbers (none do on digits)."""
+def _table(records: dict, keys: list[str], methods: dict, loss: str = "mse") -> str:
+    """A markdown table; the vignette column only when some row has published numbers (none do on digits), the
+    loss's own ratio only for a non-Gaussian fit."""
     published = any(methods[key].get("published") for key in keys)
     head = ["Method", "NMI", "ARI", "KNN accuracy", "LR accuracy", "MSE ratio", "iterations", "converged"]
+    if loss != "mse":
+        head.insert(6, f"{loss} loss ratio")
     if published:
         head.append("vignette NMI / ARI / KNN / MSE ratio")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -111,6 +129,8 @@ def _table(records: dict, keys: list[str], methods: dict) -> str:
         iters = "–" if r["iterations"] is None else str(r["iterations"])
         row = [r["method"], _fmt(r["nmi"]), _fmt(r["ari"]), _fmt(r["accuracy_knn"]), _fmt(r["accuracy_lr"]),
                _fmt(r["mse_ratio"], 1), iters, conv]
+        if loss != "mse":
+            row.insert(6, _fmt(r["loss_ratio"], 2))
         if published:
             pub = methods[key].get("published")
             row.append("–" if not pub else (f"{pub['nmi']:.3f} / {pub['ari']:.3f} / {pub['accuracy_knn']:.3f} / "
@@ -145,6 +165,9 @@ def run(config: dict, out_dir: Path, data_dir, report) -> dict:
     report(f"baseline nmf: k={nmf_opts.get('k')}, {int(base.iter)} iterations, "
            f"{'converged' if bool(base.converged) else 'not converged'}, {base_seconds:.2f} s")
     base_mse = jnmf.evaluate(base, A)
+    loss_opts = {key: nmf_opts[key] for key in ("loss", "power", "delta", "dispersion") if key in nmf_opts}
+    loss_name = loss_opts.get("loss", "mse")
+    base_loss = jnmf.evaluate(base, A, **loss_opts) if loss_name != "mse" else base_mse
 
     records, models = {}, {}
     for i, (key, spec) in enumerate(progress(report, methods.items(), desc="fits and assessments",
@@ -164,6 +187,8 @@ def run(config: dict, out_dir: Path, data_dir, report) -> dict:
             "accuracy_lr": float(res.metrics.get("accuracy_lr", np.nan)),
             "silhouette": float(res.metrics["silhouette"]),
             "mse_ratio": float(jnmf.evaluate(model, A) / base_mse),
+            # The fit's own objective against the baseline's (equal to mse_ratio for loss = "mse").
+            "loss_ratio": float(jnmf.evaluate(model, A, **loss_opts) / base_loss) if loss_name != "mse" else None,
             "iterations": int(model.iter) if refit else None,
             "converged": bool(model.converged) if refit else None,
             "seconds": round(seconds, 3),
@@ -172,6 +197,7 @@ def run(config: dict, out_dir: Path, data_dir, report) -> dict:
         r = records[key]
         report(f"[{i}/{len(methods)}] {spec['label']}: NMI {r['nmi']:.3f}, ARI {r['ari']:.3f}, "
                f"KNN {r['accuracy_knn']:.3f}, LR {r['accuracy_lr']:.3f}, MSE ratio {r['mse_ratio']:.2f}, "
+               + (f"{loss_name} loss ratio {r['loss_ratio']:.2f}, " if loss_name != "mse" else "") +
                f"iterations {r['iterations'] if refit else '–'}, {seconds:.2f} s")
     fits_seconds = time.perf_counter() - t_all
     report(f"fits and assessments: {fits_seconds:.2f} s")
@@ -179,7 +205,7 @@ def run(config: dict, out_dir: Path, data_dir, report) -> dict:
     tables = config.get("tables", {"all": list(methods)})
     md = [f"# {config.get('title', 'jnmf results')}", ""]
     for name, keys in tables.items():
-        md += [f"## {name.capitalize()}", "", _table(records, keys, methods), ""]
+        md += [f"## {name.capitalize()}", "", _table(records, keys, methods, loss_name), ""]
     md.append(f"Fits and assessments: {fits_seconds:.2f} s ({_precision(base)}, JAX compilation included).")
     (out_dir / "results.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     payload = {"title": config.get("title"), "data": data_cfg, "nmf": nmf_opts, "fits_seconds": fits_seconds,
