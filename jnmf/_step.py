@@ -20,7 +20,7 @@ from jax import lax
 
 from ._bpp import nnls_bpp
 from ._model import NMFModel
-from ._nnls import cholesky_clip, nnls_cd, nnls_hals, nnls_step
+from ._nnls import cholesky_clip, cholesky_clip_columns, nnls_cd, nnls_hals, nnls_step
 from ._options import Config, Hyper
 from ._penalties import apply_l1_l2, apply_target, gram, group_scatter, scale_rows, scatter_target
 
@@ -48,7 +48,7 @@ def nnls(G: jax.Array, B: jax.Array, X_prev: jax.Array, warm: jax.Array, nonneg:
     if config.solver == "cholesky":
         if G.ndim == 2:
             return cholesky_clip(G, B, nonneg=nonneg)
-        return jax.vmap(lambda G_j, b: cholesky_clip(G_j, b, nonneg=nonneg), out_axes=1)(G, B.T)
+        return cholesky_clip_columns(G, B, nonneg=nonneg)
     if config.solver == "bpp":
         # Only the support of the start is used: the previous iterate, or at the first iteration the columns' own
         # positive right-hand sides (the coordinates whose gradient at 0 points into the feasible set).

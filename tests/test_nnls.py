@@ -80,6 +80,32 @@ def test_cholesky_clip_is_solve_then_clip():
     np.testing.assert_allclose(out, np.maximum(np.linalg.solve(G, B), 0), rtol=1e-10)
 
 
+def test_cholesky_clip_columns_equals_cholesky_clip_per_column():
+    # Masked data's per-column solve: one batched factorisation, the jittered one only for columns that need it,
+    # a NaN column where neither factors; each column as cholesky_clip solves it alone.
+    from jnmf._nnls import cholesky_clip_columns
+
+    rng = np.random.default_rng(9)
+    k, p = 6, 40
+    F = rng.random((k, 25))
+    O = rng.random((25, p)) > 0.3
+    G = np.einsum("ki,li,ij->jkl", F, F, O) + 1e-15 * np.eye(k)
+    G[3] = 1e-15 * np.eye(k)  # an entirely masked column: zero solution
+    G[5] = np.outer(F[:, 0], F[:, 0])  # rank one: only G + k eps tr(G) I factors
+    B = rng.standard_normal((k, p))
+    B[:, 3] = 0.0  # its right-hand side F (o_j a_j) is 0 as well
+    with enable_x64(True):
+        for nonneg in (True, False):
+            ours = np.asarray(cholesky_clip_columns(jnp.asarray(G), jnp.asarray(B), nonneg=nonneg))
+            ref = np.stack([np.asarray(cholesky_clip(jnp.asarray(G[j]), jnp.asarray(B[:, j]), nonneg=nonneg))
+                            for j in range(p)], axis=1)
+            np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+        assert np.all(ours[:, 3] == 0) and np.all(np.isfinite(ours[:, 5]))
+        G[7] = np.full((k, k), np.inf)
+        bad = np.asarray(cholesky_clip_columns(jnp.asarray(G), jnp.asarray(B)))
+    assert np.all(np.isnan(bad[:, 7])) and np.all(np.isfinite(np.delete(bad, 7, axis=1)))
+
+
 def test_gram_penalties_and_scaling():
     F = jnp.asarray(np.arange(6.0).reshape(2, 3))
     G = gram(F)
