@@ -1,6 +1,7 @@
 """canonical_sparse: any scipy.sparse format in, a new canonical CSR/CSC out, the caller's matrix never touched."""
 
 import copy
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -223,6 +224,29 @@ def test_type_and_shape_errors():
 def test_integer_duplicates_do_not_overflow():
     A = sp.coo_matrix((np.array([100, 100], np.int8), ([0, 0], [0, 0])), shape=(1, 1))
     assert canonical_sparse(A, np.float32).data.tolist() == [200.0]
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+@pytest.mark.parametrize("in_dtype", [np.float32, np.float64])
+def test_canonical_csr_csc_input_stays_near_its_own_size(fmt, in_dtype):
+    # The general path (int64 / float64 copies of every entry, sort temporaries) peaked at ~7x A: the 400M
+    # non-zeros of experiments/bench_million.py (3 GiB) did not fit in 24 GiB. Canonical CSR/CSC input takes
+    # scipy's conversion: one cast copy of the values and the result.
+    A = sp.random(2000, 5000, density=0.1, format="csc", dtype=in_dtype, random_state=np.random.default_rng(0))
+    A.data[::97] = 0.0  # explicit zeros (dropped) and a NaN (kept as missing) on this path too
+    A.data[5] = np.nan
+    size = A.data.nbytes + A.indices.nbytes + A.indptr.nbytes
+    tracemalloc.start()
+    try:
+        out = canonical_sparse(A, np.float32, format=fmt)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.0 * size, (peak, size)
+    ref = canonical_sparse(A.tocoo(), np.float32, format=fmt)  # the general path
+    assert type(out) is type(ref) and out.has_canonical_format
+    for x, y in ((out.data, ref.data), (out.indices, ref.indices), (out.indptr, ref.indptr)):
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
 
 
 # End to end: nmf must neither change the caller's matrix nor fit anything but the canonical matrix.
