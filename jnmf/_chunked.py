@@ -28,10 +28,18 @@ of a masked fit is the SSE over observed entries of the new W and H, formed dire
 A again, so iteration t's loss is summed in the read of iteration t+1 (convergence is decided before that read's
 H update is used) and one read after the last iteration: iterations + 1 reads in all, not 2 x iterations.
 
-Each unmasked chunk is put in the solver's dense or sparse layout by the ``layout="auto"`` rule against the memory
-budget (``choose_layout``), sparse with the platform's kernel (``sparse_kernel_for``): EllBlocks chunks round their
-block shapes up to powers of two so that chunks of similar size reuse one compiled kernel; a host-CSR chunk
-(``HostSparseData``, CPU) is kept until the products dispatched on it are done.
+Other losses (``loss=``, ``_losses``). Their H half is per column (``h_update`` on the chunk, from W); the W half's
+statistics are sums over columns (``w_stats``: beta Q and P, k x m; huber/mae the per-row weighted Grams, m x k x
+k, and right-hand side), formed in the same read from the raw H block (the model ``W' X`` needs no scaling) and
+divided by ``d_H`` after it. An estimated NB size (``dispersion="per_row"``/``"global"``) takes its Newton steps'
+per-row sums in three more reads. The objective needs the new model, so iteration t's is summed in the read of
+t + 1, as for masked data (iterations + 1 reads in all, plus the NB ones). Chunks take the dense layout (with the
+mask of a masked fit); sparse poisson chunks stay sparse (``CooData``) where a dense chunk exceeds the budget.
+
+Each unmasked chunk of an MSE fit is put in the solver's dense or sparse layout by the ``layout="auto"`` rule
+against the memory budget (``choose_layout``), sparse with the platform's kernel (``sparse_kernel_for``): EllBlocks
+chunks round their block shapes up to powers of two so that chunks of similar size reuse one compiled kernel; a
+host-CSR chunk (``HostSparseData``, CPU) is kept until the products dispatched on it are done.
 """
 
 from __future__ import annotations
@@ -222,9 +230,9 @@ def _fit_loss(config: Any, hyper: Any, plan: Any, n: int, cols: list[slice], loa
     pending = None  # (W, H, d, r) of the last W update, whose objective the next read sums
     while True:
         current = state
-        if pending is not None:
-            W, H, d, r = pending
-            current = state._replace(W=W, H=H, d=d, n_iter=state.n_iter + 1, disp=r)
+        if pending is not None:  # the state the next H half starts from, before its objective is known
+            pW, pH, pd, pr = pending
+            current = state._replace(W=pW, H=pH, d=pd, n_iter=state.n_iter + 1, disp=pr)
         WT = current.W
         E0 = _losses.h_start(config, current, h0)
         r = _losses.current_dispersion(config, hyper, current)
@@ -234,15 +242,13 @@ def _fit_loss(config: Any, hyper: Any, plan: Any, n: int, cols: list[slice], loa
         for i, c in enumerate(cols):
             data = load(i)
             if pending is not None:
-                value = value + _loss_objective(data, pending[2][:, None] * pending[0], pending[1][:, c],
-                                                pending[3], hyper, kconfig)
+                value = value + _loss_objective(data, pd[:, None] * pW, pH[:, c], pr, hyper, kconfig)
             if solve:
                 X, st = _loss_h_chunk(WT, E0[:, c], data, r, hyper, T_blocks[i], G_TH, kconfig)
                 blocks.append(X)
                 stats = _add(stats, st)
         if pending is not None:
-            state = _advance_loss(state, pending[0], pending[1], pending[2], value, hyper.tol,
-                                  patience_limit=config.patience, r=pending[3])
+            state = _advance_loss(state, pW, pH, pd, value, hyper.tol, patience_limit=config.patience, r=pr)
             pending = None
             _log.logger.info("nmf_chunked: iteration %d, loss %.6g", int(state.n_iter), float(state.loss))
             if not bool(running(state, config.maxit)):
@@ -266,7 +272,7 @@ def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = 
     """``nmf()`` of ``A = hstack(chunks)`` (m x n), reading one column chunk at a time (module docstring).
 
     Minimises ``sum_{ij observed} (A_ij - (W H)_ij)^2`` (+ the penalties and targets of ``nmf``) over W (m, k) and
-    H (k, n), with H's columns split as A's are.
+    H (k, n), with H's columns split as A's are; or, with ``loss=``, ``sum_{ij observed} D(A_ij | (W H)_ij)``.
 
     Args:
         chunks: paths of ``scipy.sparse.save_npz`` files (or scipy.sparse / numpy matrices), each (m, n_c),
@@ -287,6 +293,9 @@ def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = 
             (any masked entry) runs every chunk in the dense layout (at most 4 GiB each), solves per-column and
             per-row Gram matrices (``m k^2`` memory for the W side), and its ``loss`` is the SSE over observed
             entries, as ``nmf(mask=...)``.
+        loss, power, delta, dispersion, robust: as ``nmf`` (``loss_mode="rcppml"`` is refused): the same
+            majorize-minimize iterations, chunk by chunk (module docstring); an estimated NB dispersion reads every
+            chunk three more times per iteration, and a non-MSE fit reads them once more at the end.
         max_memory_bytes: budget for one unmasked chunk's working set (default half of physical memory); each
             such chunk takes the dense or sparse layout by ``layout="auto"``'s rule, ``MemoryError`` if neither
             fits.

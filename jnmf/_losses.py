@@ -39,14 +39,18 @@ Updates (each half as in the MSE engine: H from the unit-scaled W, scale, then W
   the masked MSE fit (``_step.h_solve``/``w_half``).
 * nb dispersion (``dispersion=``): a positive number or (m,) array is fixed; ``"per_row"`` (default) or
   ``"global"`` estimate r by maximum likelihood after each W half: 2 Newton steps in log r from the current r,
-  each kept only where it lowers the NLL, r in [1e-3, 1e8] (so the objective still never increases). Underdispersed
+  each kept only where it lowers the NLL or is shorter than 1e-4 (a descent to second order, whose NLL change the
+  comparison could not resolve: it would depend on the order of the sum over devices or chunks), r in [1e-3, 1e8]
+  (so the objective still never increases). Underdispersed
   data (variance below the mean, e.g. hawaiibirds' frequencies) drive r to 1e8, the Poisson limit.
 
 The first H half starts from a constant H (the mean of the observed data over the mean of the initial model), as
 multiplicative updates cannot leave zero. Sparse input: poisson keeps it sparse (``CooData``: the model only at
 stored entries, the ``mu`` part is W's column sums) when ``layout="sparse"`` or the dense working set does not fit
-the memory budget; the other losses need the model at every entry and use the dense layout. Sharded (``devices=``)
-and chunked (``nmf_chunked``) fits support only ``loss="mse"``.
+the memory budget; the other losses need the model at every entry and use the dense layout. Sharded fits
+(``devices=``) run ``loss_step`` on A's columns split over the mesh (dense only; the zero columns padding n count
+as unobserved and start H at 0); chunked fits (``nmf_chunked``) run its pieces (``h_update``, ``w_stats`` summed
+over chunks, ``w_update``, ``nb_stats`` summed over chunks, ``objective``) one chunk at a time.
 """
 
 from __future__ import annotations
