@@ -28,10 +28,18 @@ of a masked fit is the SSE over observed entries of the new W and H, formed dire
 A again, so iteration t's loss is summed in the read of iteration t+1 (convergence is decided before that read's
 H update is used) and one read after the last iteration: iterations + 1 reads in all, not 2 x iterations.
 
-Each unmasked chunk is put in the solver's dense or sparse layout by the ``layout="auto"`` rule against the memory
-budget (``choose_layout``), sparse with the platform's kernel (``sparse_kernel_for``): EllBlocks chunks round their
-block shapes up to powers of two so that chunks of similar size reuse one compiled kernel; a host-CSR chunk
-(``HostSparseData``, CPU) is kept until the products dispatched on it are done.
+Other losses (``loss=``, ``_losses``). Their H half is per column (``h_update`` on the chunk, from W); the W half's
+statistics are sums over columns (``w_stats``: beta Q and P, k x m; huber/mae the per-row weighted Grams, m x k x
+k, and right-hand side), formed in the same read from the raw H block (the model ``W' X`` needs no scaling) and
+divided by ``d_H`` after it. An estimated NB size (``dispersion="per_row"``/``"global"``) takes its Newton steps'
+per-row sums in three more reads. The objective needs the new model, so iteration t's is summed in the read of
+t + 1, as for masked data (iterations + 1 reads in all, plus the NB ones). Chunks take the dense layout (with the
+mask of a masked fit); sparse poisson chunks stay sparse (``CooData``) where a dense chunk exceeds the budget.
+
+Each unmasked chunk of an MSE fit is put in the solver's dense or sparse layout by the ``layout="auto"`` rule
+against the memory budget (``choose_layout``), sparse with the platform's kernel (``sparse_kernel_for``): EllBlocks
+chunks round their block shapes up to powers of two so that chunks of similar size reuse one compiled kernel; a
+host-CSR chunk (``HostSparseData``, CPU) is kept until the products dispatched on it are done.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ import numpy as np
 import scipy.sparse as sp
 from jax import lax
 
-from . import _log
+from . import _log, _losses
 from . import _validate as V
 from ._data import DenseData, HostSparseData, SparseData, holds_host_data, prepare_data
 from ._input import split_mask, squared_norm
@@ -173,11 +181,98 @@ def _w_step(state, H_raw, R, S, sq_norm, hyper, G_TW, config):
 _advance = jax.jit(advance, static_argnames=("patience_limit",))
 
 
+# Non-MSE losses (``_losses``): the pieces of ``loss_step`` on one chunk's columns. ----------------------------------
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _loss_h_chunk(WT, E0, data, r, hyper, T, G_T, config):
+    """Raw H block (k, n_c) of one chunk (``_losses.h_update``) and its sums for the W half (``w_stats``)."""
+    X = _losses.h_update(config, hyper, WT, E0, data, r, G_T, T)
+    return X, _losses.w_stats(config, hyper, WT, X, data, r)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _loss_w_step(state, H_raw, stats, hyper, G_TW, config):
+    """Scale H, then the W half from the chunks' summed statistics → (d, unit-scaled W', unit-scaled H)."""
+    d_H, H = scale_rows(H_raw, config.norm)
+    d, W = _losses.w_update(config, hyper, state, d_H, H, stats, G_TW)
+    return d, W, H
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _loss_objective(data, dWT, H, r, hyper, config):
+    return _losses.objective(config, hyper, data, dWT, H, r)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "need_grad"))
+def _nb_chunk(data, dWT, H, s, config, need_grad):
+    return _losses.nb_stats(config, data, _losses._model(dWT, H), s, need_grad)
+
+
+_h0_chunk = jax.jit(_losses.h0_sums)
+_advance_loss = jax.jit(_losses.advance_loss, static_argnames=("patience_limit",))
+
+
+def _add(total: Any, part: Any) -> Any:
+    """Sums over chunks of (tuples of) arrays; None entries (statistics not asked for) stay None."""
+    if total is None:
+        return part
+    return jax.tree.map(lambda a, b: a + b, total, part)
+
+
+def _fit_loss(config: Any, hyper: Any, plan: Any, n: int, cols: list[slice], load: Any, T_blocks: list[Any],
+              G_TH: Any, G_TW: Any, h0_sums: Any) -> Any:
+    """The iterations of ``_losses.loss_step`` over the chunks: one read per iteration for the H half and the W
+    half's sums (plus ``_NB_NEWTON + 1`` for an estimated NB size); iteration t's objective is summed in the read of
+    t + 1, and one read after the last. Returns the final state."""
+    kconfig = dataclasses.replace(config, maxit=1)
+    state = init_state(config, plan.w0, n)
+    h0 = None if h0_sums is None else _losses.h0_fill(h0_sums, state.W, n)
+    pending = None  # (W, H, d, r) of the last W update, whose objective the next read sums
+    while True:
+        current = state
+        if pending is not None:  # the state the next H half starts from, before its objective is known
+            pW, pH, pd, pr = pending
+            current = state._replace(W=pW, H=pH, d=pd, n_iter=state.n_iter + 1, disp=pr)
+        WT = current.W
+        E0 = _losses.h_start(config, current, h0)
+        r = _losses.current_dispersion(config, hyper, current)
+        # After the maxit-th W update only its objective is needed: the last read solves nothing.
+        solve = pending is None or int(state.n_iter) + 1 < config.maxit
+        blocks, stats, value = [], None, jnp.zeros((), plan.dtype)
+        for i, c in enumerate(cols):
+            data = load(i)
+            if pending is not None:
+                value = value + _loss_objective(data, pd[:, None] * pW, pH[:, c], pr, hyper, kconfig)
+            if solve:
+                X, st = _loss_h_chunk(WT, E0[:, c], data, r, hyper, T_blocks[i], G_TH, kconfig)
+                blocks.append(X)
+                stats = _add(stats, st)
+        if pending is not None:
+            state = _advance_loss(state, pW, pH, pd, value, hyper.tol, patience_limit=config.patience, r=pr)
+            pending = None
+            _log.logger.info("nmf_chunked: iteration %d, loss %.6g", int(state.n_iter), float(state.loss))
+            if not bool(running(state, config.maxit)):
+                break
+        d, W, H = _loss_w_step(state, jnp.concatenate(blocks, axis=1), stats, hyper, G_TW, kconfig)
+        if config.loss == "nb" and config.dispersion != "fixed":
+            dWT = d[:, None] * W
+
+            def nb_sums(s, need_grad, dWT=dWT, H=H):
+                total = None
+                for i, c in enumerate(cols):
+                    total = _add(total, _nb_chunk(load(i), dWT, H[:, c], s, kconfig, need_grad))
+                return total
+
+            r = _losses.newton_dispersion(config, nb_sums, r)
+        pending = (W, H, d, r)
+    return state
+
+
 def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = None, **options: Any) -> NMFModel:
     """``nmf()`` of ``A = hstack(chunks)`` (m x n), reading one column chunk at a time (module docstring).
 
     Minimises ``sum_{ij observed} (A_ij - (W H)_ij)^2`` (+ the penalties and targets of ``nmf``) over W (m, k) and
-    H (k, n), with H's columns split as A's are.
+    H (k, n), with H's columns split as A's are; or, with ``loss=``, ``sum_{ij observed} D(A_ij | (W H)_ij)``.
 
     Args:
         chunks: paths of ``scipy.sparse.save_npz`` files (or scipy.sparse / numpy matrices), each (m, n_c),
@@ -198,6 +293,9 @@ def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = 
             (any masked entry) runs every chunk in the dense layout (at most 4 GiB each), solves per-column and
             per-row Gram matrices (``m k^2`` memory for the W side), and its ``loss`` is the SSE over observed
             entries, as ``nmf(mask=...)``.
+        loss, power, delta, dispersion, robust: as ``nmf`` (``loss_mode="rcppml"`` is refused): the same
+            majorize-minimize iterations, chunk by chunk (module docstring); an estimated NB dispersion reads every
+            chunk three more times per iteration, and a non-MSE fit reads them once more at the end.
         max_memory_bytes: budget for one unmasked chunk's working set (default half of physical memory); each
             such chunk takes the dense or sparse layout by ``layout="auto"``'s rule, ``MemoryError`` if neither
             fits.
@@ -222,10 +320,9 @@ def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = 
                             "the driver is a host loop, missing data are given per chunk as masks=, and chunked "
                             "fits run on one device")
     opts = FitOptions.of("nmf_chunked", options)
-    if opts.loss not in ("mse",) or opts.robust not in (False, None) or opts.loss_mode != "jnmf":
-        raise ValueError(f"nmf_chunked supports loss='mse' only (got loss={opts.loss!r}, robust={opts.robust!r}, "
-                         f"loss_mode={opts.loss_mode!r}): the other losses need the model at every entry in each "
-                         "update; use nmf()")
+    if opts.loss_mode != "jnmf":
+        raise ValueError(f"nmf_chunked does not take loss_mode={opts.loss_mode!r}: RcppML's IRLS losses run through "
+                         "nmf() only; chunked fits take jnmf's losses (loss_mode='jnmf')")
 
     # Shapes first (a .npz file's shape is read without its values), so every argument is checked before the
     # data are read.
@@ -250,22 +347,28 @@ def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = 
     dt = plan.dtype
     itemsize = np.dtype(dt).itemsize
 
-    # One read: values, NaN and masks, and |A|^2 (exact float64 sum, as squared_norm in prepare).
-    sq_norm, masked = 0.0, False
+    loss = config.loss != "mse"
+    # One read: values, NaN and masks, and |A|^2 (exact float64 sum, as squared_norm in prepare); for a
+    # multiplicative loss the sums of its constant start of H (the same with or without an all-False mask).
+    sq_norm, masked, h0_sums = 0.0, False, None
     for i, chunk in enumerate(chunks):
         A_c, M_c = _read(chunk, masks[i], i, itemsize)
         masked = masked or M_c is not None
         sq_norm += squared_norm(A_c)
+        if config.loss in _losses.BETA:
+            h0_sums = _add(h0_sums, _h0_chunk(_losses.place_loss_data(A_c, plan, M_c), plan.w0.T))
     if masked:
         config = dataclasses.replace(config, masked=True)
     # maxit only sizes the loss history (init_state) and stops the host loop; without it in the kernels' static
     # config, fits that differ only in maxit reuse the compiled per-chunk programs.
     kconfig = dataclasses.replace(config, maxit=1)
 
-    def load(i: int) -> DenseData | SparseData | HostSparseData:
+    def load(i: int) -> DenseData | SparseData | HostSparseData | _losses.CooData:
         A_c, M_c = _read(chunks[i], masks[i], i, itemsize)
         if config.masked:  # as nmf(mask=...): every column of a masked fit solves with its own Gram matrix
             return prepare_data(A_c, dt, mask=np.zeros(A_c.shape, bool) if M_c is None else M_c)
+        if loss:  # dense, or sparse poisson as CooData when the dense chunk does not fit, as in nmf()
+            return _losses.place_loss_data(A_c, plan, None)
         # bucket: power-of-two piece width and block count, so that chunks of similar size share compiled kernels
         return prepare_data(A_c, dt, "auto", k=config.k, max_memory_bytes=max_memory_bytes, bucket=True,
                             sparse_kernel=plan.sparse_kernel)
@@ -275,6 +378,9 @@ def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = 
     TH = None if hyper.target_H is None else np.asarray(hyper.target_H)
     T_blocks = [None if TH is None else jnp.asarray(TH[:, c]) for c in cols]
     G_TH, G_TW = target_grams(config, hyper)  # of the whole targets, as in nmf()
+    if loss:
+        return _finish(config, _fit_loss(config, hyper, plan, n, cols, load, T_blocks, G_TH, G_TW, h0_sums),
+                       plan.w0, hyper.tol)
     # removal="project" mixes all columns of W A; it is decided here, where lambda is concrete, not under jit.
     two_reads = config.target_H and config.removal == "project" and float(hyper.target_lambda[1]) < 0
     # The second read solves from the projected B, which has H's L1 subtracted already (and "project" leaves G as
@@ -350,9 +456,13 @@ def nmf_chunked(chunks: Sequence[Any], k: int, *, masks: Sequence[Any] | None = 
             _log.logger.info("nmf_chunked: iteration %d, loss %.6g", int(state.n_iter), float(state.loss))
             if not bool(running(state, config.maxit)):
                 break
-    model = finish_model(config, state, plan.w0)
+    return _finish(config, state, plan.w0, hyper.tol)
+
+
+def _finish(config: Any, state: Any, w0: jax.Array, tol: Any) -> NMFModel:
+    model = finish_model(config, state, w0)
     check_finite(model)
-    _log.warn_if_not_converged(model, tol=hyper.tol, what="nmf_chunked")
+    _log.warn_if_not_converged(model, tol=tol, what="nmf_chunked", stacklevel=4)  # nmf_chunked's caller
     return model
 
 

@@ -39,14 +39,18 @@ Updates (each half as in the MSE engine: H from the unit-scaled W, scale, then W
   the masked MSE fit (``_step.h_solve``/``w_half``).
 * nb dispersion (``dispersion=``): a positive number or (m,) array is fixed; ``"per_row"`` (default) or
   ``"global"`` estimate r by maximum likelihood after each W half: 2 Newton steps in log r from the current r,
-  each kept only where it lowers the NLL, r in [1e-3, 1e8] (so the objective still never increases). Underdispersed
+  each kept only where it lowers the NLL or is shorter than 1e-4 (a descent to second order, whose NLL change the
+  comparison could not resolve: it would depend on the order of the sum over devices or chunks), r in [1e-3, 1e8]
+  (so the objective still never increases). Underdispersed
   data (variance below the mean, e.g. hawaiibirds' frequencies) drive r to 1e8, the Poisson limit.
 
 The first H half starts from a constant H (the mean of the observed data over the mean of the initial model), as
 multiplicative updates cannot leave zero. Sparse input: poisson keeps it sparse (``CooData``: the model only at
 stored entries, the ``mu`` part is W's column sums) when ``layout="sparse"`` or the dense working set does not fit
-the memory budget; the other losses need the model at every entry and use the dense layout. Sharded (``devices=``)
-and chunked (``nmf_chunked``) fits support only ``loss="mse"``.
+the memory budget; the other losses need the model at every entry and use the dense layout. Sharded fits
+(``devices=``) run ``loss_step`` on A's columns split over the mesh (dense only; the zero columns padding n count
+as unobserved and start H at 0); chunked fits (``nmf_chunked``) run its pieces (``h_update``, ``w_stats`` summed
+over chunks, ``w_update``, ``nb_stats`` summed over chunks, ``objective``) one chunk at a time.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ POWER_RANGE = (1.0, 3.0)
 NB_SIZE_INIT = 10.0  # RcppML's nb_size_init
 NB_SIZE_RANGE = (1e-3, 1e8)
 _NB_NEWTON = 2
+_NB_SMALL_STEP = 1e-4  # in log r
 _P_EPS = 1e-4  # |p - 1| or |p - 2| below this takes the KL / IS limit of the beta-divergence
 
 
@@ -345,7 +350,15 @@ def _contract(F, M, side):
 
 
 def _observed(data):
-    return None if data.mask is None else jnp.logical_not(data.mask).astype(data.A.dtype)
+    """``o`` (m, n): 0 at masked entries and at the zero columns padding a sharded A (``shard_columns``, columns
+    from ``n_valid`` on), where the model ``mu > 0`` would otherwise add to P, the objective and the NB sums; None
+    when every entry counts."""
+    O = None if data.mask is None else jnp.logical_not(data.mask).astype(data.A.dtype)
+    n_valid = getattr(data, "n_valid", None)
+    if n_valid is not None and n_valid < data.shape[1]:
+        valid = (jnp.arange(data.shape[1]) < n_valid).astype(data.A.dtype)
+        O = jnp.broadcast_to(valid, data.shape) if O is None else O * valid
+    return O
 
 
 def _quadratics(config, hyper, side, X0, W_side_scatter=None):
@@ -389,8 +402,15 @@ def _log_form_root(a_lin, b, c, ct):
 
 def _beta_factor(config, hyper, side, F, X0, data, r, W_side_scatter=None):
     """One MM update of the raw factor X0 (k, p) given the unit-scaled F (k, q) for a beta-family loss."""
+    Q, P = _beta_stats(config, hyper, side, F, X0, data, r)
+    return _beta_root(config, hyper, side, X0, Q, P, W_side_scatter)
+
+
+def _beta_stats(config, hyper, side, F, X0, data, r):
+    """``(Q, P)`` (k, p) of the MM update at the model ``mu0 = F' X0`` (side 1) or ``X0' F`` (side 0). Both are
+    linear in F, so the W side may take the raw H (with X0 = the unit-scaled W') and divide by d_H after: sums over
+    column blocks (chunks, devices) then add up."""
     loss = config.loss
-    dtype = X0.dtype
     if isinstance(data, CooData):  # poisson only
         WT, H = (F, X0) if side == 1 else (X0, F)
         mu = jnp.maximum(jnp.sum(WT[:, data.rows] * H[:, data.cols], axis=0), _floor(X0))
@@ -425,6 +445,14 @@ def _beta_factor(config, hyper, side, F, X0, data, r, W_side_scatter=None):
             P = jnp.broadcast_to(jnp.sum(F, axis=1, keepdims=True), X0.shape)
         else:
             P = _contract(F, Pm, side)
+    return Q, P
+
+
+def _beta_root(config, hyper, side, X0, Q, P, W_side_scatter=None):
+    """The MM minimiser of the raw factor X0 (k, p) from its statistics ``Q, P`` (``_beta_stats``) and the
+    penalties of its side."""
+    loss = config.loss
+    dtype = X0.dtype
     a_lin = P + 2.0 * hyper.L1[side]
     b = X0 * Q
     if loss in LOG_FORM:
@@ -458,18 +486,97 @@ def _weighted_grams(F, Wt):
     return jnp.moveaxis(jnp.dot(outer, Wt, precision=_HIGHEST).reshape(k, k, -1), -1, 0)
 
 
-def h0_constant(data, WT):
-    """The constant start of H (k, n) for the multiplicative updates: the observed data's mean over the initial
-    model's mean (so that ``sum mu`` matches ``sum a``)."""
-    k, n = WT.shape[0], data.shape[1]
+def h0_sums(data, WT):
+    """``(sum o a, sum_ij o_ij (W 1)_i)`` over these columns (sums over column blocks add up); their ratio is the
+    constant start of H (``h0_fill``)."""
     colsum = jnp.sum(WT, axis=0)  # (m,): the model's row totals per unit of h
+    n = data.shape[1]
     if isinstance(data, CooData):
-        total, per = jnp.sum(data.vals), n * jnp.sum(colsum)
-    else:
-        O = _observed(data)
-        total = jnp.sum(data.A) if O is None else jnp.sum(data.A * O)
-        per = n * jnp.sum(colsum) if O is None else jnp.sum(colsum[:, None] * O)
-    return jnp.full((k, n), total / jnp.maximum(per, _tiny(WT)), WT.dtype)
+        return jnp.sum(data.vals), n * jnp.sum(colsum)
+    O = _observed(data)
+    if O is None:
+        return jnp.sum(data.A), n * jnp.sum(colsum)
+    return jnp.sum(data.A * O), jnp.sum(colsum[:, None] * O)
+
+
+def h0_fill(sums, WT, n, n_valid=None):
+    """The constant start of H (k, n) for the multiplicative updates: the observed data's mean over the initial
+    model's mean (so that ``sum mu`` matches ``sum a``), from ``h0_sums`` of every column. Columns from ``n_valid``
+    on (a sharded A's padding) start at 0: with no data there, an update keeps its start, which must not enter
+    the scaling d_H."""
+    total, per = sums
+    h0 = jnp.full((WT.shape[0], n), total / jnp.maximum(per, _tiny(WT)), WT.dtype)
+    if n_valid is not None and n_valid < n:
+        h0 = jnp.where(jnp.arange(n) < n_valid, h0, 0.0)
+    return h0
+
+
+def h_start(config, state, h0):
+    """The current raw H ``diag(d) h`` (k, n) the H half starts from; ``h0`` (``h0_fill``) at the first iteration
+    of a multiplicative (beta) update, which cannot leave zero."""
+    E0 = state.d[:, None] * state.H
+    return jnp.where(state.n_iter == 0, h0, E0) if config.loss in BETA else E0
+
+
+def current_dispersion(config, hyper, state):
+    """The NB size r (m,) the iteration starts from (None for the other losses)."""
+    if config.loss != "nb":
+        return None
+    if config.dispersion == "fixed":
+        return hyper.dispersion
+    return jnp.where(state.n_iter == 0, hyper.dispersion, state.disp)
+
+
+def h_update(config, hyper, WT, E0, data, r, G_TH=None, T=None):
+    """The raw H (k, p) of these columns from the unit-scaled W' (k, m), majorized at their current raw H ``E0``
+    (k, p): the MM step (beta) or the weighted NNLS warm-started at E0 (huber/mae). ``T``: target_H's columns of
+    this block (default: the whole target)."""
+    from ._step import h_solve
+
+    if config.loss in BETA:
+        if T is not None:
+            hyper = dataclasses.replace(hyper, target_H=T)
+        return _beta_factor(config, hyper, 1, WT, E0, data, r)
+    wts = _robust_weights(config, hyper, data, _model(WT, E0))
+    return h_solve(config, hyper, WT, _contract(WT, wts * data.A, 1), _weighted_grams(WT, wts), E0, E0,
+                   jnp.ones((), bool), G_TH, T=T)
+
+
+def w_stats(config, hyper, WT, X, data, r):
+    """The W half's statistics from these columns' raw H X (k, p) (the H half's result: model ``mu = WT' X``,
+    WT the unit-scaled W'): beta ``(Q, P)`` (k, m) each; huber/mae ``(X (w o a)', sum_j w_ij x_j x_j')``, (k, m)
+    and (m, k, k). Sums over columns, so column blocks (chunks) add up; ``w_update`` divides by d_H."""
+    if config.loss in BETA:
+        return _beta_stats(config, hyper, 0, X, WT, data, r)
+    wts = _robust_weights(config, hyper, data, _model(WT, X))
+    return _contract(X, wts * data.A, 0), _weighted_grams(X, wts.T)
+
+
+def w_update(config, hyper, state, d_H, H, stats, G_TW=None):
+    """The W half → (d, unit-scaled W') from ``w_stats`` summed over every column and the H half's scaling: d_H
+    (k,) and the unit-scaled H (k, n); ``state.W`` is the unit-scaled W' the H half used."""
+    from ._penalties import group_scatter, scale_rows
+    from ._step import scatter_penalties, w_half
+
+    W0 = d_H[:, None] * state.W  # the current raw W' of the model (W, diag(d_H) h)
+    scatter = scatter_penalties(config, hyper)
+    if config.loss in BETA:
+        Q, P = (s / d_H[:, None] for s in stats)
+        W_scatter = None
+        if scatter:
+            c = sum(lam * group_scatter(H, Y) for lam, Y in scatter)[:, None]
+            if config.norm == "L2":
+                W_scatter = (c, jnp.zeros_like(W0))
+            else:  # the tangent + m |w - w0|^2 bound of w_half, as m c |w - (W0 - s0/m)|^2
+                m = W0.shape[1]
+                s0 = jnp.sum(W0, axis=1, keepdims=True)
+                W_scatter = (m * c, m * c * (W0 - s0 / m))
+        return scale_rows(_beta_root(config, hyper, 0, W0, Q, P, W_scatter), config.norm)
+    rhs, grams = stats
+    rhs, grams = rhs / d_H[:, None], grams / (d_H[:, None] * d_H[None, :])
+    # w_half warm-starts at state.W scaled by its d_H argument: pass the raw W0 with unit scales.
+    d, W, _ = w_half(config, hyper, state._replace(W=W0), jnp.ones_like(d_H), H, rhs, grams, None, G_TW, None)
+    return d, W
 
 
 def objective(config, hyper, data, dWT, H, r):
@@ -495,77 +602,84 @@ def _nb_rows(Y, mu, O, s, per_row):
     return jnp.sum(e, axis=1) if per_row else jnp.sum(e)
 
 
-def update_dispersion(config, data, mu, r):
-    """Safeguarded Newton steps in log r on the NB NLL (per row or one global r); a step is kept only where it
-    lowers the NLL, so the objective cannot increase. r (m,) → r (m,)."""
+def nb_stats(config, data, mu, s, need_grad=True):
+    """The NB NLL of these columns at the model mu (m, p) and log size s, per row (m,) or global (a scalar),
+    with its first and second derivatives in s (None without ``need_grad``): sums over columns, so column blocks
+    add up."""
     per_row = config.dispersion == "per_row"
     Y, O = data.A, _observed(data)
-    lo, hi = (jnp.log(jnp.asarray(v, mu.dtype)) for v in NB_SIZE_RANGE)
-    s = jnp.log(r) if per_row else jnp.log(r[0])
 
     def total(s):
         return jnp.sum(_nb_rows(Y, mu, O, s, per_row))
 
-    for _ in range(_NB_NEWTON):
-        g = jax.grad(total)(s)
-        curv = jax.jvp(jax.grad(total), (s,), (jnp.ones_like(s),))[1]
+    nll = _nb_rows(Y, mu, O, s, per_row)
+    if not need_grad:
+        return nll, None, None
+    return nll, jax.grad(total)(s), jax.jvp(jax.grad(total), (s,), (jnp.ones_like(s),))[1]
+
+
+def newton_dispersion(config, stats, r):
+    """Safeguarded Newton steps in log r on the NB NLL (per row or one global r); a step is kept only where it
+    lowers the NLL, or where it is a Newton step (curvature > 0) shorter than ``_NB_SMALL_STEP``, a descent to
+    second order, so the objective does not increase. ``stats(s, need_grad)``: ``nb_stats`` summed over every
+    column (called ``_NB_NEWTON + 1`` times, the last without derivatives). r (m,) → r (m,)."""
+    per_row = config.dispersion == "per_row"
+    lo, hi = (jnp.log(jnp.asarray(v, r.dtype)) for v in NB_SIZE_RANGE)
+    s = jnp.log(r) if per_row else jnp.log(r[0])
+    current = stats(s, True)
+    for i in range(_NB_NEWTON):
+        nll, g, curv = current
         step = jnp.where(curv > 0, -g / jnp.where(curv > 0, curv, 1.0), -jnp.sign(g))
         cand = jnp.clip(s + jnp.clip(step, -2.0, 2.0), lo, hi)
-        better = _nb_rows(Y, mu, O, cand, per_row) < _nb_rows(Y, mu, O, s, per_row)
+        last = i + 1 == _NB_NEWTON
+        trial = stats(cand, not last)
+        # A Newton step below _NB_SMALL_STEP (curv > 0 there) descends to second order, and its NLL change can be
+        # below the rounding of the NLL's sum: kept without the comparison, which would keep it or not by the order
+        # of that sum (devices, chunks).
+        small = (curv > 0) & (jnp.abs(cand - s) < _NB_SMALL_STEP)
+        better = small | (trial[0] < nll)
         s = jnp.where(better, cand, s)
+        if not last:
+            current = tuple(jnp.where(better, a, b) for a, b in zip(trial, current, strict=True))
     s = lax.stop_gradient(s)
     return jnp.exp(s) if per_row else jnp.full(r.shape, jnp.exp(s), r.dtype)
 
 
+def update_dispersion(config, data, mu, r):
+    """``newton_dispersion`` on in-memory data at the model mu (m, n). r (m,) → r (m,)."""
+    return newton_dispersion(config, lambda s, need_grad: nb_stats(config, data, mu, s, need_grad), r)
+
+
+def advance_loss(state, W, H, d, value, tol, patience_limit, r):
+    """``advance`` for a loss fit, carrying the estimated NB size r."""
+    from ._step import advance
+
+    new = advance(state, W, H, d, value, tol, patience_limit)
+    return new._replace(disp=r) if state.disp is not None else new
+
+
 def loss_step(problem: Any, state: Any, G_TH: jax.Array | None = None, G_TW: jax.Array | None = None) -> Any:
     """One outer iteration for a non-MSE loss: H half, W half (each a majorize-minimize step at the current model),
-    the NB dispersion, the objective, ``advance``."""
+    the NB dispersion, the objective, ``advance``. ``nmf_chunked`` runs the same pieces over column chunks."""
     from ._penalties import group_scatter, scale_rows
-    from ._step import advance, h_solve, scatter_penalties, w_half
+    from ._step import scatter_penalties
 
     config, hyper, data = problem.config, problem.hyper, problem.data
-    loss = config.loss
-    r = None
-    if loss == "nb":
-        r = hyper.dispersion if config.dispersion == "fixed" else jnp.where(state.n_iter == 0, hyper.dispersion,
-                                                                             state.disp)
+    r = current_dispersion(config, hyper, state)
     WT = state.W  # unit-scaled W' (the raw initial W' at the first iteration)
-    E0 = state.d[:, None] * state.H  # the current raw H of the model (W, diag(d) h)
-    scatter = scatter_penalties(config, hyper)
-    if loss in BETA:
-        E0 = jnp.where(state.n_iter == 0, h0_constant(data, WT), E0)
-        X = _beta_factor(config, hyper, 1, WT, E0, data, r)
-        d_H, H = scale_rows(X, config.norm)
-        W0 = d_H[:, None] * WT
-        W_scatter = None
-        if scatter:
-            c = sum(lam * group_scatter(H, Y) for lam, Y in scatter)[:, None]
-            if config.norm == "L2":
-                W_scatter = (c, jnp.zeros_like(W0))
-            else:  # the tangent + m |w - w0|^2 bound of w_half, as m c |w - (W0 - s0/m)|^2
-                m = W0.shape[1]
-                s0 = jnp.sum(W0, axis=1, keepdims=True)
-                W_scatter = (m * c, m * c * (W0 - s0 / m))
-        XW = _beta_factor(config, hyper, 0, H, W0, data, r, W_scatter)
-        d, W = scale_rows(XW, config.norm)
-    else:  # huber / mae: weighted NNLS per column, warm-started at the current factor
-        wts = _robust_weights(config, hyper, data, _model(WT, E0))
-        X = h_solve(config, hyper, WT, _contract(WT, wts * data.A, 1), _weighted_grams(WT, wts), E0, E0,
-                    jnp.ones((), bool), G_TH)
-        d_H, H = scale_rows(X, config.norm)
-        W0 = d_H[:, None] * WT
-        wts = _robust_weights(config, hyper, data, _model(W0, H))
-        # w_half warm-starts at state.W scaled by its d_H argument: pass the raw W0 with unit scales.
-        d, W, _ = w_half(config, hyper, state._replace(W=W0), jnp.ones_like(d_H), H, _contract(H, wts * data.A, 0),
-                         _weighted_grams(H, wts.T), None, G_TW, None)
+    h0 = h0_fill(h0_sums(data, WT), WT, data.shape[1], getattr(data, "n_valid", None)) if config.loss in BETA else None
+    E0 = h_start(config, state, h0)
+    X = h_update(config, hyper, WT, E0, data, r, G_TH)
+    d_H, H = scale_rows(X, config.norm)
+    d, W = w_update(config, hyper, state, d_H, H, w_stats(config, hyper, WT, X, data, r), G_TW)
     dWT = d[:, None] * W
-    if loss == "nb" and config.dispersion != "fixed":
+    if config.loss == "nb" and config.dispersion != "fixed":
         r = update_dispersion(config, data, _model(dWT, H), r)
     value = objective(config, hyper, data, dWT, H, r)
+    scatter = scatter_penalties(config, hyper)
     if scatter:
         value = value + jnp.sum(d * d * sum(lam * group_scatter(H, Y) for lam, Y in scatter))
-    new = advance(state, W, H, d, value, hyper.tol, config.patience)
-    return new._replace(disp=r) if state.disp is not None else new
+    return advance_loss(state, W, H, d, value, hyper.tol, config.patience, r)
 
 
 def init_disp(config: Any, m: int, dtype: Any) -> jax.Array | None:
@@ -639,13 +753,20 @@ def _profile_dispersion(Y, mu, obs, per_row):
 def place_loss_data(A: Any, plan: Any, mask: np.ndarray | None) -> Any:
     """The data of a non-MSE fit: dense (with the mask, if any), or ``CooData`` for sparse poisson input with
     ``layout="sparse"``, or ``"auto"`` when the dense working set exceeds the memory budget; the other losses need
-    every entry's model."""
-    from ._data import DenseData, choose_layout, estimate_memory, memory_budget, prepare_data
+    every entry's model. With ``devices``: dense, its columns split over the mesh (``shard_columns``; its padding
+    columns count as unobserved, ``_observed``)."""
+    from ._data import DenseData, choose_layout, estimate_memory, memory_budget, place, prepare_data
 
     loss = plan.config.loss
     k = plan.config.k
     if mask is not None:
         return prepare_data(A, plan.dtype, "dense", mask=mask, k=k)
+    if plan.devices is not None and plan.layout != "sparse":
+        return place(A, plan.dtype, "dense", None, k, plan.devices, plan.max_memory_bytes)
+    if loss == "poisson" and plan.devices is not None:
+        raise ValueError("layout='sparse' with devices: loss='poisson' keeps sparse input sparse (CooData) on one "
+                         "device only; sharded fits with a loss use the dense layout, split by columns (use "
+                         "layout='auto' or 'dense', or drop devices=)")
     if loss == "poisson":
         # "auto": dense whenever its working set fits the budget (the stored-entry gathers of CooData ran 4x slower
         # per iteration than the dense products on hawaiibirds on CPU, experiments/bench_losses.py), else sparse.

@@ -379,8 +379,7 @@ class FitOptions:
             devices = tuple(self.devices)
             if not devices or not all(isinstance(d, jax.Device) for d in devices):
                 raise ValueError(f"devices must be a non-empty sequence of jax.Device, got {self.devices!r}")
-            for bad, why in ((spec.loss != "mse", f"loss={spec.loss!r} (only loss='mse')"),
-                             (masked, "a mask (or NaN entries in A)"), (TH is not None, "target_H (it couples all "
+            for bad, why in ((masked, "a mask (or NaN entries in A)"), (TH is not None, "target_H (it couples all "
                              "samples)"), (Y is not None, "remove= (the penalty couples all samples)"),
                              (L1[1] > 0 and not nonneg[1], "L1 on H with nonneg=False for H")):
                 if bad:

@@ -256,9 +256,10 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
             ignore ``solver`` (it must stay ``"auto"``; huber/mae also take ``"cd"``: their weighted NNLS is CD
             warm-started at the current factor), need ``nonneg=True`` for the multiplicative ones, accept L1, L2,
             targets (lam > 0) and the scatter removal (poisson, nb, huber, mae; gamma/tweedie: L1 only), refuse
-            ``removal="proj_adv"``/``"project"`` removals, ``devices=`` and ``nmf_chunked``. Only poisson can keep
-            sparse input sparse (``layout="sparse"``, or ``"auto"`` when dense does not fit the memory budget; the
-            other losses need the model at every entry).
+            ``removal="proj_adv"``/``"project"`` removals. Only poisson can keep sparse input sparse
+            (``layout="sparse"``, or ``"auto"`` when dense does not fit the memory budget; the other losses need
+            the model at every entry), on one device: with ``devices=`` every loss takes the dense layout split
+            by columns. ``nmf_chunked`` takes every loss.
         power: Tweedie power p in [1, 3] (default 1.5, RcppML's); an array leaf (``solve(problem, power=p)``).
         delta: Huber / MAE threshold > 0 (default 1.345 for huber, 1e-4 for mae); an array leaf.
         dispersion: NB size r: a number or (m,) array (fixed; an array leaf), or ``"per_row"`` (default) /

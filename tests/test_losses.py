@@ -235,10 +235,10 @@ def test_invalid_combinations_and_entry_points(matrices):
         jnmf.nmf(A, 3, loss="gp", loss_mode="rcppml", target_H=T, target_lambda=0.1)
     with pytest.raises(ValueError, match="loss_mode='rcppml'"):
         jnmf.prepare(A, 3, loss="gp", loss_mode="rcppml")
-    with pytest.raises(ValueError, match="nmf_chunked supports loss='mse' only"):
-        jnmf.nmf_chunked([A[:, :20], A[:, 20:]], 3, loss="poisson")
-    with pytest.raises(ValueError, match="sharded fits do not support loss='poisson'"):
-        jnmf.nmf(A, 3, loss="poisson", devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match="nmf_chunked does not take loss_mode='rcppml'"):
+        jnmf.nmf_chunked([A[:, :20], A[:, 20:]], 3, loss="gp", loss_mode="rcppml")
+    with pytest.raises(ValueError, match="layout='sparse' with devices: loss='poisson'"):
+        jnmf.nmf(sp.csc_matrix(A), 3, loss="poisson", layout="sparse", devices=jax.devices()[:1])
     problem = jnmf.prepare(A, 3, seed=1, loss="tweedie")
     with pytest.raises(ValueError, match="power must be a scalar in"):
         jnmf.solve(problem, power=4.0)
