@@ -129,6 +129,42 @@ def test_csr_kernel_matches_scipy_and_propagates_nan():
     assert csr_times_t(M32.indptr, M32.indices, M32.data, X).dtype == np.float32
 
 
+def test_csr_scatter_kernel_matches_scipy_and_propagates_nan():
+    # The scatter form of X M' (read in M' order, for a large X' and a small result): same product.
+    from jnmf._csr_kernel import csr_scatter_t
+
+    rng = np.random.default_rng(4)
+    M = sp.random(70, 50, density=0.25, random_state=rng, format="csr")
+    Mt = sp.csr_matrix(M.T)
+    X = rng.random((5, 50))
+    np.testing.assert_allclose(csr_scatter_t(Mt.indptr, Mt.indices, Mt.data, X, 70), X @ M.T.toarray(), rtol=1e-13)
+    X[2, M.indices[0]] = np.nan
+    out = csr_scatter_t(Mt.indptr, Mt.indices, Mt.data, X, 70)
+    assert np.isnan(out[2, 0]) and np.isfinite(np.delete(out, 2, axis=0)).all()
+    M32 = Mt.astype(np.float32)
+    assert csr_scatter_t(M32.indptr, M32.indices, M32.data, X, 70).dtype == np.float32
+
+
+def test_fit_through_the_scatter_product_equals_the_gather_one(monkeypatch):
+    # Forced onto the scatter form for every product (thresholds 0 / unbounded): the same fit, float64.
+    from jnmf import _csr_kernel
+
+    rng = np.random.default_rng(5)
+    A = sp.random(40, 300, density=0.2, random_state=rng, format="csr")
+    with jax.enable_x64(True):
+        ref = jnmf.nmf(A, 4, seed=1, layout="sparse", dtype="float64", tol=0, maxit=15)
+        monkeypatch.setattr(_csr_kernel, "SCATTER_MIN_OPERAND", 0)
+        monkeypatch.setattr(_csr_kernel, "SCATTER_MAX_RESULT", 1 << 40)
+        assert _csr_kernel.use_scatter(10, 10, 4, 8)
+        calls = []
+        scatter = _csr_kernel.csr_scatter_t
+        monkeypatch.setattr(jnmf._data.host_csr, "csr_scatter_t", lambda *a: calls.append(1) or scatter(*a))
+        got = jnmf.nmf(A, 4, seed=1, layout="sparse", dtype="float64", tol=0, maxit=15)
+    assert len(calls) >= 2 * 15  # both products of every iteration took the scatter form
+    for a, b in ((got.w, ref.w), (got.d, ref.d), (got.h, ref.h)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-13)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # sharded == single device (4 host-platform devices, in a subprocess: the device count is fixed at start-up)
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from jax import lax
 
-from .._csr_kernel import csr_times_t
+from .._csr_kernel import csr_scatter_t, csr_times_t, use_scatter
 
 # Host sparse kernel (CPU) ------------------------------------------------------------------------------------------
 #
@@ -54,7 +54,12 @@ def _host_times(key: Any, words: Any, which: int, dtype: str) -> np.ndarray:
     if X.ndim == words.ndim and words.dtype.itemsize != X.dtype.itemsize:
         X = X[..., 0]  # (..., q, 2) words of a 64-bit float -> (..., q)
     lead = X.shape[:-1]
-    out = csr_times_t(M.indptr, M.indices, M.data, X.reshape(-1, X.shape[-1]))
+    X2 = X.reshape(-1, X.shape[-1])
+    if use_scatter(M.shape[1], M.shape[0], X2.shape[0], M.data.dtype.itemsize):
+        Mt = _host_lookup(key)[1 - which]  # M' as CSR: the other orientation, already held
+        out = csr_scatter_t(Mt.indptr, Mt.indices, Mt.data, X2, M.shape[0])
+    else:
+        out = csr_times_t(M.indptr, M.indices, M.data, X2)
     return out.reshape(*lead, M.shape[0]).view(np.uint32).reshape(*lead, M.shape[0], *words.shape[X.ndim:])
 
 
