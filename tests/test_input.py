@@ -339,3 +339,15 @@ def test_a_row_or_column_with_no_observed_entry_gets_zero_factors_and_changes_no
     assert np.all(w[2] == 0) and np.all(h[:, 5] == 0)
     np.testing.assert_allclose(w[keep_r], np.asarray(ref.w), rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(h[:, keep_c], np.asarray(ref.h), rtol=1e-10, atol=1e-13)
+
+
+def test_squared_norm_in_slices_equals_the_whole_float64_sum(monkeypatch):
+    # Large inputs are summed in float64 slices (no whole float64 copy); dense and sparse alike.
+    import jnmf._input as I
+
+    rng = np.random.default_rng(2)
+    dense = rng.random((300, 70)).astype(np.float32)
+    exact = float(np.sum(dense.astype(np.float64) ** 2))
+    monkeypatch.setattr(I, "_NORM_CHUNK", 1000)
+    assert I.squared_norm(dense) == pytest.approx(exact, rel=1e-12)
+    assert I.squared_norm(sp.csr_matrix(dense)) == pytest.approx(exact, rel=1e-12)
