@@ -36,10 +36,12 @@ FORMAT = "jnmf.NMFModel"
 FORMAT_VERSION = 1
 _META_KEY = "__jnmf__"
 _FIELDS = tuple(f.name for f in dataclasses.fields(NMFModel))
+# Fields with a default (None) are written only when set, and may be absent from a file.
+_REQUIRED = tuple(f.name for f in dataclasses.fields(NMFModel) if f.default is dataclasses.MISSING)
 # Each field's trailing shape in terms of the model's sizes (after the batch axes, d's leading axes), and its kind.
 _LAYOUT = {"w": (("m", "k"), "f"), "d": (("k",), "f"), "h": (("k", "n"), "f"), "iter": ((), "i"),
            "loss": ((), "f"), "loss_history": (("maxit",), "f"), "converged": ((), "b"), "tol": ((), "f"),
-           "w_init": (("m", "k"), "f")}
+           "w_init": (("m", "k"), "f"), "dispersion": (("m",), "f")}
 
 
 class ModelFileError(ValueError):
@@ -78,7 +80,7 @@ def save(model: NMFModel, path: str | os.PathLike, settings: dict[str, Any] | No
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    arrays = {name: np.asarray(getattr(model, name)) for name in _FIELDS}
+    arrays = {name: np.asarray(getattr(model, name)) for name in _FIELDS if getattr(model, name) is not None}
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -143,10 +145,10 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             if version > FORMAT_VERSION:
                 raise ModelFileError(f"{path}: has format version {version}, newer than this jnmf reads "
                                      f"({FORMAT_VERSION}); upgrade jnmf")
-            missing = [name for name in _FIELDS if name not in z.files]
+            missing = [name for name in _REQUIRED if name not in z.files]
             if missing:
                 raise ModelFileError(f"{path}: lacks the model field(s) {', '.join(missing)}")
-            arrays = {name: z[name] for name in _FIELDS}
+            arrays = {name: z[name] for name in _FIELDS if name in z.files}
         except ValueError as e:
             if isinstance(e, ModelFileError):
                 raise

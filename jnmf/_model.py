@@ -27,6 +27,8 @@ class NMFModel:
         converged: () whether the relative loss change stayed below ``tol`` for 5 consecutive iterations.
         tol: () last relative loss change.
         w_init: (m, k) the initial W the fit started from.
+        dispersion: (m,) the estimated negative binomial sizes r of a ``loss="nb"`` fit with
+            ``dispersion="per_row"``/``"global"``, else None.
     """
 
     w: jax.Array
@@ -38,6 +40,7 @@ class NMFModel:
     converged: jax.Array
     tol: jax.Array
     w_init: jax.Array
+    dispersion: jax.Array | None = None
 
     @property
     def k(self) -> int:
@@ -94,8 +97,10 @@ def evaluate(model: NMFModel, A: Any, mask: Any = None, *, loss: str = "mse", po
         ``loss`` other than ``"mse"`` (``"poisson"``/``"kl"``, ``"nb"``, ``"gamma"``, ``"tweedie"``,
         ``"inverse_gaussian"``, ``"huber"``, ``"mae"``, with ``power``, ``delta``, ``dispersion`` as in ``nmf``):
         the fit's stated objective, the *sum* ``sum o D(a | mu)`` over observed entries (``_losses``), equal to
-        the ``loss`` of a fit with that loss. For ``"nb"`` with ``dispersion="per_row"``/``"global"`` (the
-        default), r is the maximum-likelihood size at this model (so at most the fit's reported NLL).
+        the ``loss`` of a fit with that loss. For ``"nb"`` without ``dispersion``, r is the model's own estimate
+        (``model.dispersion``) when it has one, so the value is the fit's reported NLL; with
+        ``dispersion="per_row"``/``"global"``, or a model without one, r is the maximum-likelihood size at this
+        model.
     """
     from ._input import _check_mask, canonical_sparse
 
@@ -107,6 +112,8 @@ def evaluate(model: NMFModel, A: Any, mask: Any = None, *, loss: str = "mse", po
     if A.shape != (m, n):
         raise ValueError(f"A must have shape {(m, n)} to match the model, got {A.shape}")
     M = None if mask is None else _check_mask(mask, (m, n), "mask")
+    if loss == "nb" and dispersion is None and model.dispersion is not None:
+        dispersion = np.asarray(model.dispersion, np.float64)
     if loss != "mse" or power is not None or delta is not None or dispersion is not None:
         from ._losses import evaluate_loss
 

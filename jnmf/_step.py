@@ -245,4 +245,4 @@ def finish_model(config: Config, state: State, w_init: jax.Array) -> NMFModel:
         order = jnp.argsort(-d, stable=True)
         W, d, H = W[order], d[order], H[order]
     return NMFModel(w=W.T, d=d, h=H, iter=state.n_iter, loss=state.loss, loss_history=state.history,
-                    converged=state.converged, tol=state.rel, w_init=w_init)
+                    converged=state.converged, tol=state.rel, w_init=w_init, dispersion=state.disp)

@@ -262,3 +262,21 @@ def test_sweep_with_a_loss_equals_separate_fits(matrices):
                 one = jnmf.nmf(A, 3, seed=s, L2=l2, loss="poisson", maxit=MAXIT)
                 assert int(np.asarray(res.model.iter)[i, j]) == int(one.iter)
                 np.testing.assert_allclose(np.asarray(res.model.h)[i, j], np.asarray(one.h), rtol=1e-8, atol=1e-10)
+
+
+def test_nb_model_carries_its_estimated_sizes(matrices, tmp_path):
+    # The fitted r is part of the model: evaluate uses it (the fit's own NLL), and it survives save/load.
+    A = matrices["toy_counts"]
+    with jax.enable_x64(True):
+        model = jnmf.nmf(A, 3, seed=42, loss="nb", tol=1e-4, maxit=MAXIT)
+        r = np.asarray(model.dispersion)
+        # clipped in log r, so the bounds hold to rounding
+        assert r.shape == (A.shape[0],) and np.all((r >= 1e-3) & (r <= 1e8 * (1 + 1e-9))) and np.ptp(r) > 0
+        assert abs(jnmf.evaluate(model, A, loss="nb") / float(model.loss) - 1) < 1e-10
+        back = jnmf.load(model.save(tmp_path / "nb"))
+        np.testing.assert_array_equal(np.asarray(back.dispersion), r)
+        glob = jnmf.nmf(A, 3, seed=42, loss="nb", dispersion="global", tol=1e-4, maxit=MAXIT)
+        assert np.ptp(np.asarray(glob.dispersion)) == 0
+    plain = jnmf.nmf(A, 3, seed=42, maxit=5)
+    assert plain.dispersion is None and jnmf.load(plain.save(tmp_path / "mse")).dispersion is None
+    assert "dispersion" not in np.load(tmp_path / "mse.npz").files
