@@ -30,7 +30,8 @@ Updates (each half as in the MSE engine: H from the unit-scaled W, scale, then W
   nb). For poisson and nb the surrogate is ``(P + 2L1) x - X0 Q log x``, to which separable quadratics
   ``c |x - t|^2`` (L2, a target with ``lam > 0``, the scatter removal majorized as ``lam |x - (E0 - E0 M)|^2``,
   ``_penalties.scatter_target``, and its W-side bound) add, keeping the closed-form root of
-  ``2c x^2 + (P + 2L1 - 2ct) x - X0 Q = 0``. gamma/tweedie take L1 only (no closed form with a quadratic).
+  ``2c x^2 + (P + 2L1 - 2ct) x - X0 Q = 0``. gamma/tweedie take targets and the scatter removal through the
+  root of their surrogate's derivative, found by bracketed Newton (``_power_form_root``); L2 is refused for them.
   Penalties are in the engine's units: ``2 L1 |x|_1 + L2 |x|^2 + lam |x - t|^2``.
 * huber/mae: the half-quadratic majorizer ``rho(z) <= s w z^2 + const``, ``w = min(1, delta/|z0|)`` at the current
   residual (s = 1 for huber, ``1/(2 delta)`` for mae), gives a weighted NNLS per column,
@@ -109,13 +110,12 @@ class LossSpec:
             raise ValueError(f"removal={opts.removal!r} with a negative target_lambda is not supported with {name}: "
                              "it minimises no stated objective; use removal='scatter' (or loss='mse')")
         if self.loss in ("gamma", "tweedie"):
-            l2 = np.asarray(L2, np.float64)
-            bad = [what for what, used in (("L2", bool(np.any(l2 != 0))), ("target_H", has_TH),
-                                           ("target_W", has_TW), ("remove", has_remove)) if used]
-            if bad:
-                raise ValueError(f"{', '.join(bad)}: {name} supports L1 only among the penalties (its update "
-                                 "exponent 1/power leaves no closed form with a quadratic penalty); use "
-                                 "loss='poisson', 'nb', 'huber' or 'mae' for those")
+            # Targets and the scatter removal take a Newton-solved MM root (_power_form_root); L2 is not offered:
+            # as an array leaf it could be swept from 0 inside one program, and the plain multiplicative update of
+            # an unpenalised fit would then have to change with it.
+            if bool(np.any(np.asarray(L2, np.float64) != 0)):
+                raise ValueError(f"L2: {name} does not take L2 (use loss='poisson', 'nb', 'huber' or 'mae' for it); "
+                                 "targets (target_H/target_W) and the scatter removal (remove=) do apply")
 
     def leaves(self, m: int, dtype: Any) -> dict[str, jax.Array]:
         """The ``Hyper`` array leaves of this loss (none for mse)."""
@@ -458,6 +458,9 @@ def _beta_root(config, hyper, side, X0, Q, P, W_side_scatter=None):
     if loss in LOG_FORM:
         c, ct = _quadratics(config, hyper, side, X0, W_side_scatter)
         X = _log_form_root(a_lin, b, c, ct)
+    elif _has_quadratics(config, side, W_side_scatter):
+        c, ct = _quadratics(config, hyper, side, X0, W_side_scatter)
+        X = _power_form_root(a_lin, Q, X0, c, ct, hyper.power)
     else:
         p = hyper.power
         X = X0 * (Q / jnp.where(a_lin > 0, a_lin, 1.0)) ** (1.0 / p)
@@ -465,6 +468,70 @@ def _beta_root(config, hyper, side, X0, Q, P, W_side_scatter=None):
     X = jnp.where(a_lin > 0, X, X0)
     ub = hyper.upper_bound[side]
     return jnp.where(ub > 0, jnp.minimum(X, ub), X).astype(dtype)
+
+
+def _has_quadratics(config, side, W_side_scatter) -> bool:
+    """Whether a side carries a target or the scatter removal (static structure; L2 is refused for gamma/tweedie,
+    so their other fits keep the plain multiplicative update)."""
+    has_T = config.target_H if side == 1 else config.target_W
+    return bool(has_T or (side == 1 and config.remove) or (side == 0 and W_side_scatter is not None))
+
+
+_POWER_NEWTON = 30
+
+
+def _power_form_root(a_lin, Q, X0, c, ct, p):
+    """Minimiser over x >= 0 of the gamma/Tweedie surrogate with quadratic penalties (p > 1, or the KL limit),
+    ``S(x) = (a - 2ct) x + c x^2 + Q x0 (x/x0)^(1-p) / (p-1)``: Févotte & Idier's auxiliary function (Jensen on the
+    convex ``a mu^(1-p)`` part, the tangent on the concave ``mu^(2-p)`` part) plus ``c |x - t|^2``.
+
+    Its derivative ``g(x) = lin + 2c x - Q x0^p x^(-p)`` is increasing and concave in x, so the root is bracketed
+    by a point where g >= 0 (the multiplicative update without the quadratic, or the bound below) and one where
+    g <= 0, and found by Newton's method kept inside the bracket (a geometric bisection where a step leaves it).
+    Entries with ``x0 Q = 0`` have no Jensen term (dropping it keeps a majorizer: ``mu^(1-p)`` decreases in mu) and
+    take ``max(-lin, 0) / 2c``. A root that rounding left above ``S(x0)`` falls back to x0, so the update never
+    increases the surrogate."""
+    dtype = X0.dtype
+    c2 = jnp.broadcast_to(2.0 * c, X0.shape).astype(dtype)
+    lin = a_lin - 2.0 * ct
+    live = (X0 > 0) & (Q > 0)
+    x0 = jnp.where(live, X0, 1.0)
+    q = jnp.where(live, Q, 1.0)
+    K = q * x0 ** p
+    tiny = jnp.finfo(dtype).tiny
+    safe_c2 = jnp.where(c2 > 0, c2, 1.0)
+    # Right end (g >= 0): the multiplicative update without the quadratic when lin > 0 (g there is 2c x), and
+    # max(-lin, 0)/2c + (K/2c)^(1/(p+1)), where 2c x alone outweighs the other terms. Left end (g <= 0): where
+    # K x^-p exceeds both 2|lin| and 2c x.
+    mult = (K / jnp.where(lin > 0, lin, 1.0)) ** (1.0 / p)
+    bound = jnp.maximum(-lin, 0.0) / safe_c2 + (K / safe_c2) ** (1.0 / (p + 1.0))
+    hi = jnp.where(lin > 0, jnp.where(c2 > 0, jnp.minimum(mult, bound), mult), bound)
+    lo = jnp.minimum((K / jnp.maximum(2.0 * jnp.abs(lin), tiny)) ** (1.0 / p),
+                     jnp.where(c2 > 0, (K / (2.0 * safe_c2)) ** (1.0 / (p + 1.0)), jnp.inf))
+    lo = jnp.minimum(lo, hi)
+
+    def g_of(x):
+        return lin + c2 * x - K * x ** (-p), c2 + p * K * x ** (-p - 1.0)
+
+    def newton(_, carry):
+        lo, hi, x = carry
+        g, gp = g_of(x)
+        lo, hi = jnp.where(g > 0, lo, x), jnp.where(g > 0, x, hi)
+        step = x - g / gp
+        x = jnp.where((step > lo) & (step < hi), step, jnp.sqrt(lo * hi))
+        return lo, hi, x
+
+    x = lax.fori_loop(0, _POWER_NEWTON, newton, (lo, hi, hi))[2]
+
+    def surrogate(x):
+        t = x / x0
+        near_kl = jnp.abs(p - 1.0) < _P_EPS
+        jensen = jnp.where(near_kl, -jnp.log(t), (t ** (1.0 - p) - 1.0) / jnp.where(near_kl, 1.0, p - 1.0))
+        return lin * x + 0.5 * c2 * x * x + q * x0 * jensen
+
+    x = jnp.where(surrogate(x) <= surrogate(x0), x, x0)
+    closed = jnp.where(c2 > 0, jnp.maximum(-lin, 0.0) / safe_c2, jnp.zeros_like(lin))
+    return jnp.where(live, x, closed).astype(dtype)
 
 
 def _robust_weights(config, hyper, data, mu):

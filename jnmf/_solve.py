@@ -255,7 +255,7 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
             majorize-minimize step, so the reported ``loss`` (+ scatter penalty) never increases. Non-MSE losses
             ignore ``solver`` (it must stay ``"auto"``; huber/mae also take ``"cd"``: their weighted NNLS is CD
             warm-started at the current factor), need ``nonneg=True`` for the multiplicative ones, accept L1, L2,
-            targets (lam > 0) and the scatter removal (poisson, nb, huber, mae; gamma/tweedie: L1 only), refuse
+            targets (lam > 0) and the scatter removal (every loss; gamma/tweedie take no L2), refuse
             ``removal="proj_adv"``/``"project"`` removals. Only poisson can keep sparse input sparse
             (``layout="sparse"``, or ``"auto"`` when dense does not fit the memory budget; the other losses need
             the model at every entry), on one device: with ``devices=`` every loss takes the dense layout split

@@ -65,9 +65,6 @@ def validate_config(config: dict, path) -> None:
                 "scatter":
             raise ConfigError(path, f"methods[{i}].removal", f"{m['removal']!r} removal is not supported with "
                               f"nmf.loss = {loss!r} (it minimises no stated objective); use 'scatter'")
-        if loss in ("gamma", "tweedie", "inverse_gaussian") and m["kind"] == "target":
-            raise ConfigError(path, f"methods[{i}].kind", f"target methods need a loss with a quadratic surrogate; "
-                              f"nmf.loss = {loss!r} takes L1 only (use poisson, nb, huber or mae, or kind 'refine')")
     for name, listed in config.get("tables", {}).items():
         for key in listed:
             if key not in keys:
