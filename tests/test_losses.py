@@ -157,6 +157,16 @@ def test_gradient_through_a_poisson_fit_equals_finite_differences(matrices):
         assert abs(g - fd) < 1e-5 * abs(fd) + 1e-9, (g, fd)
 
 
+def _between_scatter(model, groups):
+    """``|between-group part of diag(d) h|_F^2``, restated in numpy: the scatter removal's penalty."""
+    E = np.asarray(model.d)[:, None] * np.asarray(model.h)
+    centred = np.zeros_like(E)
+    for g in np.unique(groups):
+        centred[:, groups == g] = E[:, groups == g].mean(1, keepdims=True)
+    between = centred - E.mean(1, keepdims=True)
+    return float(np.sum(between * between))
+
+
 @pytest.mark.parametrize("loss", ["poisson", "huber"])
 def test_scatter_removal_with_a_loss_is_monotone_and_stated(loss):
     rng = np.random.default_rng(3)
@@ -168,12 +178,7 @@ def test_scatter_removal_with_a_loss_is_monotone_and_stated(loss):
         hist = np.asarray(model.loss_history)[: int(model.iter)]
         assert bool(model.converged)
         assert np.all(np.diff(hist) <= 1e-12 * hist[:-1]), np.max(np.diff(hist) / hist[:-1])
-        E = np.asarray(model.d)[:, None] * np.asarray(model.h)
-        centred = np.zeros_like(E)
-        for g in range(3):
-            centred[:, groups == g] = E[:, groups == g].mean(1, keepdims=True)
-        between = centred - E.mean(1, keepdims=True)
-        ref = _reference_objective(A, model, loss, {"delta": 1.345}) + 0.5 * np.sum(between * between)
+        ref = _reference_objective(A, model, loss, {"delta": 1.345}) + 0.5 * _between_scatter(model, groups)
         assert abs(float(model.loss) / ref - 1) < 1e-10
         base = jnmf.nmf(A, 3, seed=42, loss=loss, maxit=MAXIT)
         assert float(jnmf.class_separation(model, groups)) < float(jnmf.class_separation(base, groups))
@@ -301,12 +306,7 @@ def test_gamma_and_tweedie_take_targets_and_the_scatter_removal(loss, opts):
         hist = np.asarray(removed.loss_history)[: int(removed.iter)]
         assert bool(removed.converged) and bool(guided.converged), (int(removed.iter), int(guided.iter))
         assert np.all(np.diff(hist) <= 1e-12 * hist[:-1]), np.max(np.diff(hist) / hist[:-1])
-        E = np.asarray(removed.d)[:, None] * np.asarray(removed.h)
-        centred = np.zeros_like(E)
-        for g in range(3):
-            centred[:, groups == g] = E[:, groups == g].mean(1, keepdims=True)
-        between = centred - E.mean(1, keepdims=True)
-        ref = _reference_objective(A, removed, loss, opts) + 0.5 * np.sum(between * between)
+        ref = _reference_objective(A, removed, loss, opts) + 0.5 * _between_scatter(removed, groups)
         assert abs(float(removed.loss) / ref - 1) < 1e-10
     sep = [float(jnmf.class_separation(m, groups)) for m in (removed, base, guided)]
     assert sep[0] < sep[1] < sep[2], sep
