@@ -157,6 +157,7 @@ def cholesky_clip_columns(G: ArrayLike, B: ArrayLike, *, nonneg: bool = True) ->
 # nnls_hals's defaults (the ALS default from k = 32; chosen in experiments/bench_converge.py, see resolve_solver).
 HALS_SWEEPS = 10
 HALS_FIRST = 0.1
+_HALS_BLOCK = 8
 
 
 def nnls_hals(
@@ -194,18 +195,45 @@ def nnls_hals(
     first2 = jnp.asarray(first, dtype) ** 2
     res2 = jnp.asarray(10 * jnp.finfo(dtype).eps, dtype) ** 2
 
-    def row(i, carry):
+    # Rows in blocks of _HALS_BLOCK: one GEMM G[I] X per block with X as the sweep has left it, then the block's
+    # rows in turn, each corrected by the steps of the rows before it in the block (the same Gauss-Seidel sweep).
+    # Row by row, the k GEMVs G[i] X ran ~30x slower than one G X on CPU (17 ms a sweep at k = 50, n = 14,000).
+    b = _HALS_BLOCK
+    kp = -(-k // b) * b
+    # Padding rows: G, B and X rows of zeros, inv 0, so they stay 0 and touch no real row.
+    Gp = jnp.zeros((kp, kp), dtype).at[:k, :k].set(G)
+    Bp = jnp.zeros((kp,) + B.shape[1:], dtype).at[:k].set(B)
+    invp = jnp.zeros((kp,), dtype).at[:k].set(inv)
+
+    def block(blk, carry):
         X, moved = carry
-        xi = X[i]
-        x_new = xi + (B[i] - jnp.dot(G[i], X, precision=_HIGHEST)) * inv[i]
-        if nonneg:
-            x_new = jnp.where(x_new > 0, x_new, jnp.zeros_like(x_new))
-        step = x_new - xi
-        return X.at[i].set(x_new), moved + jnp.sum(step * step)
+        start = blk * b
+        G_I = lax.dynamic_slice_in_dim(Gp, start, b, axis=0)
+        GX = jnp.dot(G_I, X, precision=_HIGHEST)
+        X_I = lax.dynamic_slice_in_dim(X, start, b, axis=0)
+        B_I = lax.dynamic_slice_in_dim(Bp, start, b, axis=0)
+        inv_I = lax.dynamic_slice_in_dim(invp, start, b)
+        G_II = lax.dynamic_slice_in_dim(G_I, start, b, axis=1)
+        steps, rows = [], []
+        for t in range(b):
+            acc = GX[t]
+            for s_, step in enumerate(steps):
+                acc = acc + G_II[t, s_] * step
+            x_new = X_I[t] + (B_I[t] - acc) * inv_I[t]
+            if nonneg:
+                x_new = jnp.where(x_new > 0, x_new, jnp.zeros_like(x_new))
+            steps.append(x_new - X_I[t])
+            rows.append(x_new)
+        # One reduction per block, after the rows: the rows' elementwise chain then fuses into one loop.
+        new = jnp.stack(rows)
+        moved = moved + jnp.sum(jnp.square(new - X_I))
+        return lax.dynamic_update_slice_in_dim(X, new, start, axis=0), moved
 
     def sweep(state):
         X, n_sweeps, d1, active = state
-        X_new, moved = lax.fori_loop(0, k, row, (X, jnp.zeros((), dtype)))
+        Xp = jnp.zeros((kp,) + X.shape[1:], dtype).at[:k].set(X)
+        X_new, moved = lax.fori_loop(0, kp // b, block, (Xp, jnp.zeros((), dtype)))
+        X_new = X_new[:k]
         X = jnp.where(active, X_new, X)
         d1 = jnp.where(n_sweeps == 0, moved, d1)
         small = (moved <= first2 * d1) | (moved <= res2 * jnp.sum(X * X))
