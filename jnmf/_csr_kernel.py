@@ -69,11 +69,12 @@ def csr_times_t(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, X: np
 # csr_scatter_t's fixed partition of the rows of M': a thread count of its own would make the result depend on
 # the machine (the partial sums are added in partition order).
 SCATTER_PARTS = 8
-# X M' takes the scatter form when the gathered operand X' (q x K) is this large and the result (r x K) this small:
-# on 1,000,000 x 20,000 at k = 20, H A' (an 80 MB H', a 1.6 MB result) took 1.9-3.1 s as a scatter against
-# 7.3-8.0 s as the gather (nearly every gathered k-vector a cache miss); below the first size the gather's operand
-# stays in cache and it is the faster form (no partial results to add).
-SCATTER_MIN_OPERAND = 16 << 20
+# X M' takes the scatter form when the gathered operand X' (q x K) is this large and the result (r x K) this small.
+# H A' at 5% and k = 20 on 2 cores (ms, gather / scatter): 7,000 x 35,000 (a 2.7 MB H') 43 / 29, 10,000 x 50,000
+# (3.8 MB) 85 / 60, 4,000 x 20,000 (1.5 MB) 10 / 10, 14,000 x 2,600 at 15% (0.2 MB) 9 / 12; at 1,000,000 x 20,000
+# (80 MB) 1.9-3.1 s as a scatter against 7.3-8.0 s as the gather (nearly every gathered k-vector a cache miss).
+# Below the threshold the gather's operand stays in cache and it needs no partial results.
+SCATTER_MIN_OPERAND = 2 << 20
 SCATTER_MAX_RESULT = 4 << 20
 _SCATTER: list[Any] = []
 
