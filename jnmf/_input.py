@@ -94,12 +94,7 @@ def canonical_sparse(A: Any, dtype: Any = np.float32, name: str = "A", *, format
             return out
     row, col, val = _entries(A)
     # inf before summing: inf + (-inf) in two duplicates would otherwise become a NaN, i.e. silently "missing".
-    if check and val.size and np.isinf(val).any():
-        bad = int(np.count_nonzero(np.isinf(val)))
-        raise ValueError(f"{name} contains {bad} infinite value(s); NMF needs finite data (NaN marks missing)")
-    if nan == "raise" and val.size and np.isnan(val).any():
-        bad = int(np.count_nonzero(np.isnan(val)))
-        raise ValueError(f"{name} contains {bad} NaN value(s); missing entries are not supported here")
+    _check_stored(val, name, check, nan)
 
     # The (data, (row, col)) constructor sums duplicates and sorts, on our own arrays only.
     major, minor = (row, col) if format == "csr" else (col, row)
@@ -120,14 +115,8 @@ def canonical_sparse(A: Any, dtype: Any = np.float32, name: str = "A", *, format
     keep = val != 0  # NaN != 0: NaN entries stay (missing), explicit and rounded-to-zero entries go
     if not keep.all():
         major, minor, val = major[keep], minor[keep], val[keep]
-    if check and val.size:
-        if np.isinf(val).any():
-            raise ValueError(f"{name} has values too large for {out_dtype.name} (max {np.nanmax(val):.4g} after "
-                             f"the cast); scale A or use dtype=float64")
-        observed = val[~np.isnan(val)]
-        if observed.size and observed.min() < 0:
-            raise ValueError(f"{name} contains {int(np.count_nonzero(observed < 0))} negative value(s) (min "
-                             f"{observed.min():.4g}); NMF needs non-negative data")
+    if check:
+        _check_cast(val, name, out_dtype)
 
     nnz = int(val.size)
     idx = np.int32 if max(nnz, m, n) <= _INT32_MAX else np.int64
@@ -159,12 +148,7 @@ def _canonical_compressed(A: Any, out_dtype: np.dtype, name: str, format: str, c
     view = cls_in((A.data[:nnz], A.indices[:nnz], A.indptr), shape=A.shape, copy=False)
     if not view.has_canonical_format:
         return None
-    if check and nnz and np.isinf(view.data).any():
-        bad = int(np.count_nonzero(np.isinf(view.data)))
-        raise ValueError(f"{name} contains {bad} infinite value(s); NMF needs finite data (NaN marks missing)")
-    if nan == "raise" and nnz and np.isnan(view.data).any():
-        bad = int(np.count_nonzero(np.isnan(view.data)))
-        raise ValueError(f"{name} contains {bad} NaN value(s); missing entries are not supported here")
+    _check_stored(view.data, name, check, nan)
     val = view.data
     if not np.issubdtype(val.dtype, np.floating):
         val = val.astype(np.float64)  # as the general path: a large integer is rounded once, to float64, first
@@ -178,20 +162,37 @@ def _canonical_compressed(A: Any, out_dtype: np.dtype, name: str, format: str, c
         del val
     out.has_canonical_format = True  # sorted, no duplicates: eliminate_zeros keeps both
     out.eliminate_zeros()  # NaN != 0: NaN entries stay (missing); explicit and rounded-to-zero entries go
-    if check and out.nnz:
-        if np.isinf(out.data).any():
-            raise ValueError(f"{name} has values too large for {out_dtype.name} (max {np.nanmax(out.data):.4g} after "
-                             f"the cast); scale A or use dtype=float64")
-        observed = out.data[~np.isnan(out.data)]
-        if observed.size and observed.min() < 0:
-            raise ValueError(f"{name} contains {int(np.count_nonzero(observed < 0))} negative value(s) (min "
-                             f"{observed.min():.4g}); NMF needs non-negative data")
+    if check:
+        _check_cast(out.data, name, out_dtype)
     m, n = (int(s) for s in A.shape)
     idx = np.int32 if max(out.nnz, m, n) <= _INT32_MAX else np.int64
     out.indices = out.indices.astype(idx, copy=False)
     out.indptr = out.indptr.astype(idx, copy=False)
     out.has_canonical_format = True
     return out
+
+
+def _check_stored(val: np.ndarray, name: str, check: bool, nan: str) -> None:
+    """The stored values as given: no inf (when ``check``), no NaN when ``nan == "raise"``."""
+    if check and val.size and np.isinf(val).any():
+        bad = int(np.count_nonzero(np.isinf(val)))
+        raise ValueError(f"{name} contains {bad} infinite value(s); NMF needs finite data (NaN marks missing)")
+    if nan == "raise" and val.size and np.isnan(val).any():
+        bad = int(np.count_nonzero(np.isnan(val)))
+        raise ValueError(f"{name} contains {bad} NaN value(s); missing entries are not supported here")
+
+
+def _check_cast(val: np.ndarray, name: str, out_dtype: np.dtype) -> None:
+    """The values after the cast to ``out_dtype``: nothing overflowed to inf, nothing negative (NaN = missing)."""
+    if not val.size:
+        return
+    if np.isinf(val).any():
+        raise ValueError(f"{name} has values too large for {out_dtype.name} (max {np.nanmax(val):.4g} after "
+                         f"the cast); scale A or use dtype=float64")
+    observed = val[~np.isnan(val)]
+    if observed.size and observed.min() < 0:
+        raise ValueError(f"{name} contains {int(np.count_nonzero(observed < 0))} negative value(s) (min "
+                         f"{observed.min():.4g}); NMF needs non-negative data")
 
 
 def _entries(A: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -230,17 +230,16 @@ def nnls_hals(
         return lax.dynamic_update_slice_in_dim(X, new, start, axis=0), moved
 
     def sweep(state):
-        X, n_sweeps, d1, active = state
-        Xp = jnp.zeros((kp,) + X.shape[1:], dtype).at[:k].set(X)
-        X_new, moved = lax.fori_loop(0, kp // b, block, (Xp, jnp.zeros((), dtype)))
-        X_new = X_new[:k]
+        X, n_sweeps, d1, active = state  # X padded to kp rows (zeros), which add 0 to every sum below
+        X_new, moved = lax.fori_loop(0, kp // b, block, (X, jnp.zeros((), dtype)))
         X = jnp.where(active, X_new, X)
         d1 = jnp.where(n_sweeps == 0, moved, d1)
         small = (moved <= first2 * d1) | (moved <= res2 * jnp.sum(X * X))
         active = active & ~((n_sweeps > 0) & small) & ~(moved == 0) & (n_sweeps + 1 < sweeps)
         return X, n_sweeps + 1, d1, active
 
-    init = (X, jnp.zeros((), jnp.int32), jnp.zeros((), dtype), jnp.ones((), bool))
+    Xp = jnp.zeros((kp,) + X.shape[1:], dtype).at[:k].set(X)
+    init = (Xp, jnp.zeros((), jnp.int32), jnp.zeros((), dtype), jnp.ones((), bool))
     if not differentiable:
-        return lax.while_loop(lambda s: s[3], sweep, init)[0]
-    return lax.scan(lambda s, _: (sweep(s), None), init, None, length=sweeps)[0][0]
+        return lax.while_loop(lambda s: s[3], sweep, init)[0][:k]
+    return lax.scan(lambda s, _: (sweep(s), None), init, None, length=sweeps)[0][0][:k]

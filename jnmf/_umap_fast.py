@@ -56,12 +56,11 @@ def fast_small_data():
     rounding gives parallel rows, which umap-learn's own path keeps.
     """
     import umap.umap_
-    from umap.distances import cosine
 
     original = umap.umap_.pairwise_distances
 
     def pairwise_distances(X, Y=None, metric="euclidean", **kwds):
-        if (metric is cosine and Y is None and not kwds and isinstance(X, np.ndarray) and X.ndim == 2
+        if (metric is _cosine and Y is None and not kwds and isinstance(X, np.ndarray) and X.ndim == 2
                 and X.dtype == np.float32):
             # scikit-learn's callable branch: upper triangle, then out + out.T, then the diagonal; same values.
             return _cosine_matrix(np.ascontiguousarray(X), np.zeros((X.shape[0], X.shape[0]), np.float32))
