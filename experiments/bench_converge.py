@@ -12,8 +12,9 @@ its ``loss_history`` gives the loss per iteration and the whole fit's wall time 
 the time per iteration. scikit-learn runs its own update functions (``sklearn.decomposition._nmf``'s
 ``_update_coordinate_descent`` and ``_multiplicative_update_w/_h``, the bodies of its fit loops) with a timer
 around each iteration, the loss evaluated outside the timer; its input is float32 CSR for CD (its fastest form in
-``bench_nmf.py``) and float32 dense or CSR for MU (whichever a short probe finds faster). nmf-torch's HALS runs
-with increasing ``max_iter`` (its fit has no per-iteration hook) in the separate venv ``--torch-python``.
+``bench_nmf.py``) and float32 dense or CSR for MU (whichever a short probe finds faster). nmf-torch's batch HALS
+(PyTorch's CPU build, dense float32, 2 threads) runs one outer iteration at a time, timed around its own
+``_update_H``/``_update_W``, in the separate venv ``--torch-python``.
 
 Each method gets ``--budget`` seconds (jnmf: iterations estimated from a 3-iteration probe) and at most
 ``--maxit`` iterations. Matrices: the 14,000 x 2,600 uniform sparse matrix at 15 % (``bench_nmf.py``) and an
@@ -156,29 +157,39 @@ def run_sklearn(A, W0, H0, solver: str, budget: float, maxit: int) -> dict:
 _TORCH_SCRIPT = r"""
 import json, sys, time
 import numpy as np, scipy.sparse as sp, torch
-from nmf import run_nmf
+from nmf.nmf_models import NMFBatchHALS
 d = np.load(sys.argv[1])
-A = sp.load_npz(sys.argv[2]).toarray().astype(np.float32)
-W0, H0 = d["W0"].astype(np.float32), d["H0"].astype(np.float32)
+X = sp.load_npz(sys.argv[2]).toarray().astype(np.float32)  # samples x features
 budget, maxit = float(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(2)
-out = []
-it = 1
-while it <= maxit:
+# nmf-torch 0.1.1's fit has neither a custom init nor a per-iteration hook: its own batch HALS (run_nmf's
+# algo="halsvar": up to 200 inner sweeps per update, hals_tol 0.05) is driven here one outer iteration at a time,
+# from the shared initial factors, timing only the updates.
+model = NMFBatchHALS(n_components=d["W0"].shape[1], init="random", beta_loss=2.0, tol=0.0, random_state=0,
+                     alpha_W=0.0, l1_ratio_W=0.0, alpha_H=0.0, l1_ratio_H=0.0, fp_precision="float",
+                     device_type="cpu", n_jobs=2, max_iter=maxit)
+model._initialize_H_W = lambda eps=1e-6: (setattr(model, "H", torch.from_numpy(d["W0"].astype(np.float32))),
+                                          setattr(model, "W", torch.from_numpy(d["H0"].astype(np.float32))))
+t0 = time.perf_counter()
+super(NMFBatchHALS, model).fit(X)
+setup = time.perf_counter() - t0
+ss = float(np.sum(X.astype(np.float64) ** 2))
+out, elapsed = [], 0.0
+for it in range(1, maxit + 1):
     t0 = time.perf_counter()
-    H, W, err = run_nmf(A, n_components=W0.shape[1], init="custom", algo="halsvar", mode="batch", tol=0.0,
-                        max_iter=it, fp_precision="float", use_gpu=False, W_init=W0, H_init=H0, n_jobs=2)
-    t = time.perf_counter() - t0
-    out.append((it, t, float(np.sum((A - H @ W) ** 2) / np.sum(A.astype(np.float64) ** 2))))
-    if t > budget:
+    model._update_H()
+    model._update_W()
+    elapsed += time.perf_counter() - t0
+    H, W = model.H.numpy().astype(np.float64), model.W.numpy().astype(np.float64)
+    out.append((it, elapsed, float(np.sum((X - H @ W) ** 2) / ss)))
+    if elapsed > budget:
         break
-    it = it * 2
-print(json.dumps(out))
+print(json.dumps(dict(rows=out, setup=setup)))
 """
 
 
 def run_torch(A, W0, H0, python: str, budget: float, maxit: int) -> dict | str:
-    """nmf-torch HALS with max_iter 1, 2, 4, ... (its fit has no per-iteration hook); samples = A (n x m)."""
+    """nmf-torch's batch HALS, one outer iteration at a time (compile_s: its setup, the Grams); samples = A'."""
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(os.path.join(tmp, "init.npz"), W0=H0.T, H0=W0.T)  # nmf-torch: X (samples, features) = A'
         sp.save_npz(os.path.join(tmp, "A.npz"), sp.csr_matrix(A.T))
@@ -191,9 +202,11 @@ def run_torch(A, W0, H0, python: str, budget: float, maxit: int) -> dict | str:
             return f"nmf-torch failed: {e}"
     if res.returncode != 0:
         return f"nmf-torch failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}"
-    rows = json.loads(res.stdout.strip().splitlines()[-1])
-    return dict(method="nmf-torch halsvar (dense float32)", times=[r[1] for r in rows], loss=[r[2] for r in rows],
-                ms_per_it=1e3 * rows[-1][1] / rows[-1][0], compile_s=0.0, final=rows[-1][2], iters=rows[-1][0])
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    rows = out["rows"]
+    return dict(method="nmf-torch HALS (dense float32)", times=[r[1] for r in rows], loss=[r[2] for r in rows],
+                ms_per_it=1e3 * rows[-1][1] / rows[-1][0], compile_s=out["setup"], final=rows[-1][2],
+                iters=rows[-1][0])
 
 
 def time_to(run: dict, target: float) -> float | None:
@@ -232,9 +245,8 @@ def main() -> None:
     torch_ok = "torch" in peers and Path(args.torch_python).exists() and subprocess.run(
         [args.torch_python, "-c", "import nmf, torch"], capture_output=True).returncode == 0
     if "torch" in peers and not torch_ok:
-        print(f"nmf-torch skipped: {args.torch_python} has no nmf-torch (on the machine of the README's run, "
-              "download.pytorch.org was unreachable and `pip install nmf-torch` from the default index did not "
-              "finish in 5 minutes)")
+        print(f"nmf-torch skipped: {args.torch_python} has no nmf-torch (make one: python3 -m venv DIR && "
+              "DIR/bin/pip install torch nmf-torch, PyTorch's CPU build; then --torch-python DIR/bin/python)")
     results = []
     for key in args.matrices.split(","):
         label, build = builders[key]

@@ -8,17 +8,18 @@ mean squared errors and a chosen rank.
 
 All ranks in one program. The grid is padded to ``k_max = max(ks)``: member (k, r) starts from an initial W whose
 last ``k_max - k`` columns are zero. Those components are inert in the engine's update: their rows of
-``G = F F' + 1e-15 I`` are ``1e-15 e_i``, their rows of ``B = F A`` are 0, so Cholesky-then-clip and CD both give
+``G = F F' + 1e-15 I`` are ``1e-15 e_i``, their rows of ``B = F A`` are 0, so Cholesky-then-clip, CD and HALS all give
 them exactly 0; scaling gives ``d = 1e-15`` and ``0 / d = 0``; the stable sort by d puts them last; they add
 exactly 0 to the loss. So k is data (which columns of ``w_init`` are zero) and the whole grid is one ``vmap`` of
 ``solve`` over (hold-out mask, initial W). The one engine detail that sees ``k_max`` is CD's inner stopping rule
 (the mean relative step over all ``k_max`` coordinates): ``cd_tol`` is rescaled by ``k / k_max`` per member,
 which restores the k-rank rule. Padding is refused (one program per rank instead) when targets are given (their
 shape depends on k), when ``nonneg=False`` meets an L1 penalty (``B - L1`` would move the inactive rows), or when
-the ranks would resolve to different solvers under ``solver="auto"``; ``pad="auto"`` also falls back when the
-padded arithmetic (``len(ks) k_max^2`` against ``sum k^2``, the per-column Gram cost) exceeds ``_PAD_MAX_RATIO``.
-Without padding each rank is one program over the replicates: vmapped, or on CPU one replicate after another
-inside the program (``lax.map``), which halves the compile time and costs the same per fit there.
+the ranks would resolve to different solvers (``solver="rcppml"`` across k = 32); ``pad="auto"`` also falls back
+when the padded arithmetic (``len(ks) k_max^2`` against ``sum k^2``, the per-column Gram cost) exceeds
+``_PAD_MAX_RATIO``. Without padding each rank is one program over the replicates: vmapped, or on CPU one
+replicate after another inside the program (``lax.map``), which halves the compile time and costs the same per
+fit there.
 
 Stopping rules (``stop``):
 
@@ -51,6 +52,7 @@ import scipy.sparse as sp
 from jax import lax
 
 from ._model import NMFModel
+from ._options import resolve_solver
 from ._rrng import r_runif_matrix
 from ._solve import prepare, solve
 
@@ -390,12 +392,12 @@ def _dense(A: Any) -> np.ndarray:
 
 
 def _resolve_solver(solver: str, k: int, options: Mapping[str, Any]) -> str:
-    """nmf's ``solver="auto"`` rule at rank k (Cholesky-clip when k < 32, no L1, no scatter removal)."""
-    if solver != "auto":
-        return solver
+    """nmf's solver rule at rank k (``_options.resolve_solver``) for the options of a CV grid."""
     L1 = np.broadcast_to(np.asarray(options.get("L1", 0.0), np.float64), (2,))
-    scatter = options.get("remove") is not None
-    return "cholesky" if k < 32 and not np.any(L1 != 0) and not scatter else "cd"
+    target = options.get("target_H") is not None or options.get("target_W") is not None
+    scatter = options.get("remove") is not None or (target and options.get("removal", "scatter") == "scatter" and
+                                                    np.any(np.asarray(options.get("target_lambda", 0.0)) < 0))
+    return resolve_solver(solver, k, L1, bool(scatter), target=target)
 
 
 def _pad_plan(ks: np.ndarray, pad: Any, options: Mapping[str, Any]) -> tuple[bool, str | None]:
@@ -411,7 +413,8 @@ def _pad_plan(ks: np.ndarray, pad: Any, options: Mapping[str, Any]) -> tuple[boo
         reason = "nonneg=False with L1 > 0 would move the inactive components (B - L1 has no zero rows)"
     solvers = {_resolve_solver(options.get("solver", "auto"), int(k), options) for k in ks}
     if reason is None and len(solvers) > 1:
-        reason = f"solver='auto' resolves to {sorted(solvers)} across ks (Cholesky below k = 32, CD from it)"
+        reason = (f"solver={options.get('solver', 'auto')!r} resolves to {sorted(solvers)} across ks (RcppML's rule: "
+                  "Cholesky-then-clip below k = 32, CD from it)")
     if reason is not None:
         if pad is True:
             raise ValueError(f"pad=True is not possible: {reason}")

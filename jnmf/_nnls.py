@@ -156,7 +156,9 @@ def cholesky_clip_columns(G: ArrayLike, B: ArrayLike, *, nonneg: bool = True) ->
 
 # nnls_hals's defaults (the ALS default from k = 32; chosen in experiments/bench_converge.py, see resolve_solver).
 HALS_SWEEPS = 10
-HALS_FIRST = 0.1
+# 0.3, not Gillis & Glineur's 0.1, with per-column stopping: on 14,000 x 2,600 (15 %) at k = 50, 80 iterations,
+# 76 against 106 ms per iteration and 5.0 against 7.4 s to 1e-4 of the best loss (scRNA-like: 4.0 against 4.6 s).
+HALS_FIRST = 0.3
 _HALS_BLOCK = 8
 
 
@@ -177,10 +179,10 @@ def nnls_hals(
     kept), so the objective never increases from X0. Sweeps stop after ``sweeps``, or once a sweep moves X by
     ``|dX|_F <= first |dX_1|_F`` (Gillis & Glineur's accelerated HALS: further sweeps then gain little for their
     cost), or by ``|dX|_F <= 10 eps |X|_F`` (the dtype's resolution). Not an exact NNLS unless run to convergence
-    (large ``sweeps``, ``first = 0``). Unlike ``nnls_cd`` all columns stop together and no residual is stored:
-    row i reads ``G_i X`` (one GEMV), half the memory traffic of a rank-one residual update; so the result depends
-    on which columns are solved together (a chunked or column-sharded fit differs from the in-memory one by the
-    stopping sweep: 9e-4 relative in the loss after 15 iterations at k = 33 in one check). Returns X (k, n).
+    (large ``sweeps``, ``first = 0``). Each column stops on its own (its ``|dx_j|`` against its first sweep's), so
+    a column's result does not depend on which columns are solved with it: chunked and column-sharded fits equal
+    the in-memory one. Unlike ``nnls_cd`` no residual is stored: a block of rows reads ``G_I X`` (one GEMM), half
+    the memory traffic of rank-one residual updates; the sweep runs while any column is active. Returns X (k, n).
     ``differentiable=True`` runs ``sweeps`` masked sweeps in a ``lax.scan`` (same result, reverse-mode).
     """
     B = jnp.asarray(B)
@@ -226,20 +228,24 @@ def nnls_hals(
             rows.append(x_new)
         # One reduction per block, after the rows: the rows' elementwise chain then fuses into one loop.
         new = jnp.stack(rows)
-        moved = moved + jnp.sum(jnp.square(new - X_I))
+        moved = moved + jnp.sum(jnp.square(new - X_I), axis=0)
         return lax.dynamic_update_slice_in_dim(X, new, start, axis=0), moved
 
     def sweep(state):
         X, n_sweeps, d1, active = state  # X padded to kp rows (zeros), which add 0 to every sum below
-        X_new, moved = lax.fori_loop(0, kp // b, block, (X, jnp.zeros((), dtype)))
+        X_new, moved = lax.fori_loop(0, kp // b, block, (X, jnp.zeros(cols, dtype)))
+        # A stopped column keeps its value: the block loop still computes it (one GEMM for all columns is cheaper
+        # than gathering the active ones), but its result is as if it had stopped alone.
         X = jnp.where(active, X_new, X)
+        moved = jnp.where(active, moved, jnp.zeros_like(moved))
         d1 = jnp.where(n_sweeps == 0, moved, d1)
-        small = (moved <= first2 * d1) | (moved <= res2 * jnp.sum(X * X))
+        small = (moved <= first2 * d1) | (moved <= res2 * jnp.sum(X * X, axis=0))
         active = active & ~((n_sweeps > 0) & small) & ~(moved == 0) & (n_sweeps + 1 < sweeps)
         return X, n_sweeps + 1, d1, active
 
-    Xp = jnp.zeros((kp,) + X.shape[1:], dtype).at[:k].set(X)
-    init = (Xp, jnp.zeros((), jnp.int32), jnp.zeros((), dtype), jnp.ones((), bool))
+    cols = X.shape[1:]
+    Xp = jnp.zeros((kp,) + cols, dtype).at[:k].set(X)
+    init = (Xp, jnp.zeros((), jnp.int32), jnp.zeros(cols, dtype), jnp.ones(cols, bool))
     if not differentiable:
-        return lax.while_loop(lambda s: s[3], sweep, init)[0][:k]
+        return lax.while_loop(lambda s: jnp.any(s[3]), sweep, init)[0][:k]
     return lax.scan(lambda s, _: (sweep(s), None), init, None, length=sweeps)[0][0][:k]

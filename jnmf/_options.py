@@ -88,30 +88,31 @@ def check_dtype(dtype: Any, name: str = "dtype") -> Any:
 
 
 def resolve_solver(solver: str, k: int, L1: Any = (0.0, 0.0), scatter: bool = False, *, nonneg: Any = (True, True),
-                   masked: bool = False, loop: str = "while", batched: bool = False) -> str:
+                   masked: bool = False, loop: str = "while", batched: bool = False, target: bool = False) -> str:
     """The NNLS solver of a fit.
 
-    ``"rcppml"`` is RcppML's rule: Cholesky-then-clip when k < 32 and no L1 is asked for, else its coordinate
-    descent (100 sweeps at most; in float32 it always runs them all). ``"auto"`` is RcppML's rule for k < 32 (so
-    RcppML's fits are reproduced; a scatter removal takes CD there, as its majorize-minimize updates need an
-    update that descends from the current iterate, which solve-then-clip does not), and from k = 32 on
-    ``"hals"`` (``_nnls.nnls_hals``): coordinate descent warm-started at the current factor, at most 10 sweeps
-    per update, stopping once a sweep moves the factor by less than 0.1x the first sweep (accelerated HALS).
-    That is not an exact NNLS per update, but each update descends its NNLS from the current iterate, so the
-    fit's loss never increases and the scatter removal's majorization holds; it applies everywhere CD does
-    (nonneg=False, masked, ``loop="scan"``, batched grids). Measured in ``experiments/bench_converge.py``
-    (14,000 x 2,600 at 15 %, k = 50, float32, 2 shared cores, one run): per iteration HALS 315-520 ms, the
-    exact BPP (``"bpp"``) 1,800 ms and 100-sweep CD 9,300 ms, with nearly the same loss per iteration as the
-    exact solvers (0.8641 against 0.8637 after 14 iterations); 1, 3 or 10 adaptive sweeps reached 1e-3 of the
-    best loss in 7.1-7.3 s against scikit-learn CD's 11.8 s. ``L1`` may be a pair or a grid of pairs (any
-    non-zero entry counts).
+    ``"rcppml"`` is RcppML's rule: Cholesky-then-clip when k < 32 with no L1 (and no scatter removal, whose
+    majorize-minimize updates must descend from the current iterate, which solve-then-clip does not), else its
+    coordinate descent (100 sweeps at most; in float32 it always runs them all). Pass it to reproduce RcppML's
+    fits to the digit (the vignette rows, the fixtures). ``"auto"`` is ``"hals"`` (``_nnls.nnls_hals``):
+    coordinate descent warm-started at the current factor, each column stopping once a sweep moves it by
+    < 0.3x its first sweep (at most 10 sweeps; accelerated HALS). Each update descends its NNLS from the current
+    iterate, so the loss never increases and the scatter removal's majorization holds; it applies wherever CD
+    does (nonneg=False, masks, ``loop="scan"``, grids). Guided fits below k = 32 keep RcppML's rule: a target
+    (``target=True``: target_H or target_W given, whatever its lambda, so a lambda grid has one solver)
+    converges there in 15-19 iterations against HALS's 100 (hawaiibirds, k = 8, lambda = 0.1), and the
+    vignette's rows stay RcppML's; a scatter removal takes
+    CD (with a kept target, HALS's inexact updates let the reported SSE + scatter, which leaves out the target
+    term, rise by up to 3e-5 relative late in a fit; exact CD keeps it monotone). Measured in
+    ``experiments/bench_converge.py`` (README, "Time to a given loss"): the exact BPP (``"bpp"``) and 100-sweep
+    CD cost 3-38x HALS per iteration at k = 50 for about the same loss per iteration, and Cholesky-then-clip
+    below k = 32 plateaus above the loss HALS reaches. ``L1`` may be a pair or a grid of pairs (any non-zero
+    entry counts).
     """
     any_l1 = bool(np.any(np.asarray(L1, np.float64) != 0))
-    if solver == "rcppml":
-        return "cholesky" if k < 32 and not any_l1 else "cd"
+    if solver == "rcppml" or (solver == "auto" and (target or scatter) and k < 32):
+        return "cholesky" if k < 32 and not any_l1 and not scatter else "cd"
     if solver == "auto":
-        if k < 32:
-            return "cholesky" if not any_l1 and not scatter else "cd"
         return "hals"
     if solver == "bpp" and not all(nonneg):
         raise ValueError("solver='bpp' solves non-negative least squares; with nonneg=False use solver='cd'")
@@ -351,16 +352,16 @@ class FitOptions:
                              "negative target_lambda): the penalty is not scale-invariant, so W's scale must be "
                              "pinned (norm='L1' or 'L2')")
         solver = resolve_solver(self.solver, k, L1 if L1_grid is None else L1_grid, scatter, nonneg=nonneg,
-                                masked=masked, loop=self.loop, batched=L1_grid is not None or lambda_grid is not None
-                                ) if spec.loss == "mse" else spec.solver
+                                masked=masked, loop=self.loop, batched=L1_grid is not None or lambda_grid is not None,
+                                target=TH is not None or TW is not None) if spec.loss == "mse" else spec.solver
         if self.solver == "auto" and solver == "cholesky" and 5 * k >= 2 * min(m, n):
             # Solve-then-clip drifts from the NNLS optimum as k nears min(m, n) (measured on uniform data: relative
             # error 0.32 vs 0.05 for CD at k = 20 on 30 x 20, 0.29 vs 0.22 at k = 0.5 min(m, n)).
             import warnings
 
-            warnings.warn(f"solver='auto' is RcppML's Cholesky-then-clip at k = {k} < 32, which is not an exact "
-                          f"NNLS and can fit poorly at k close to min(m, n) = {min(m, n)}; pass solver='cd' (or "
-                          "'bpp') for an exact NNLS, or solver='rcppml' to keep RcppML's rule without this warning",
+            warnings.warn(f"solver='auto' with a target is RcppML's Cholesky-then-clip at k = {k} < 32, which is not "
+                          f"an exact NNLS and can fit poorly at k close to min(m, n) = {min(m, n)}; pass solver='cd' "
+                          "(or 'bpp') for an exact NNLS, or solver='rcppml' to keep RcppML's rule without this warning",
                           UserWarning, stacklevel=4)
 
         if self.w_init is not None and self.seed is not None:

@@ -69,8 +69,9 @@ def project(
             target with ``sort=False`` or permute its rows as the sort did (``GuidedNMF`` does this).
         L1, L2: lasso and ridge on h, as ``nmf``'s H-side penalties.
         nonneg: constrain h_new >= 0.
-        solver: ``"cholesky"`` (solve then clip, RcppML's default), ``"cd"`` (exact NNLS) or ``"auto"`` (Cholesky
-            when k < 32 and L1 = 0, as ``nmf``). Use the solver the model was fit with to reproduce its h.
+        solver: ``"cholesky"`` (solve then clip, RcppML's default), ``"cd"`` (exact NNLS) or ``"auto"`` (RcppML's
+            rule: Cholesky when k < 32 and L1 = 0, else CD); ``"hals"``, ``"bpp"`` and ``"rcppml"`` from k = 32 solve
+            by CD (one solve from nothing: an exact NNLS). Use the solver the model was fit with to reproduce its h.
         mask: entries of A_new to ignore (True), as in ``nmf``; NaN entries are masked automatically. A column
             then uses its own Gram matrix ``w' diag(o_j) w`` over its observed entries.
         cd_maxit, cd_tol: coordinate-descent limits.
@@ -120,7 +121,10 @@ def _project_padded(model: NMFModel, A_new: Any, *, target_H: Any = None, target
         T = np.asarray(V.check_matrix(target_H, "target_H", (k, n)), dtype)
     elif lam != 0:
         raise ValueError(f"target_lambda is {lam} but target_H is None; give a target or leave target_lambda at 0")
-    solver = resolve_solver(solver, k, L1, scatter=T is not None and removal == "scatter" and lam < 0)
+    # A projection is one solve from nothing (no iterate for HALS to warm-start from), so "auto" keeps RcppML's rule
+    # and every other solver but Cholesky-then-clip is the exact CD below.
+    solver = resolve_solver("rcppml" if solver == "auto" else solver, k, L1,
+                            scatter=T is not None and removal == "scatter" and lam < 0)
     n_pad = sample_bucket(n)
     # Padded and cast on the host, then placed with device_put: jnp.asarray of a host array compiles a small
     # staging program per shape, which would undo the bucketing's one compile per bucket.

@@ -36,7 +36,7 @@ from ._project import project_host
 from ._solve import nmf
 from ._targets import label_codes
 
-_SOLVERS = StrOptions({"auto", "cholesky", "cd"})
+_SOLVERS = StrOptions({"auto", "cholesky", "cd", "hals", "rcppml"})
 
 
 def _check_non_negative(X: Any, whom: str) -> None:
@@ -66,11 +66,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         or after ``max_iter`` iterations (a ``ConvergenceWarning`` then).
     random_state : int, RandomState instance or None
         Initial W: an int is used as R's ``set.seed`` (reproduces RcppML); otherwise an int is drawn from it.
-    solver : {"cd", "cholesky", "auto"}
+    solver : {"cd", "cholesky", "auto", "hals", "rcppml"}
         ``"cd"`` (default): exact NNLS by coordinate descent, so ``transform(X)`` reproduces ``fit_transform(X)``.
         ``"cholesky"``: RcppML's solve-then-clip (fast, not exact NNLS; its h rows carry the H update's own
         scale, a few % off ``d``, so transform differs from fit_transform by that row factor). ``"auto"``:
-        RcppML's rule (Cholesky when k < 32 and L1 = 0), the default of ``jnmf.nmf``.
+        ``jnmf.nmf``'s default (HALS; RcppML's rule for a guided fit below k = 32); ``transform`` then projects
+        with RcppML's rule (Cholesky when k < 32 and L1 = 0). ``"rcppml"``: RcppML's rule for fit and transform
+        (reproduces RcppML's models); ``"hals"``: as ``jnmf.nmf``.
     L1, L2 : float
         Lasso (0 <= L1 < 1) and ridge penalties on both factors, also used by ``transform``.
 
@@ -357,7 +359,8 @@ class GuidedNMF(NMF):
         check_consistent_length(A.T, y)
         codes, levels = check_labels(y, A.shape[1], name="y")
         # The guided fit's solver rule, checked before the base fit runs.
-        resolve_solver(self.solver, k, self.L1, scatter=self.guidance == "remove" and self.removal == "scatter")
+        resolve_solver(self.solver, k, self.L1, scatter=self.guidance == "remove" and self.removal == "scatter",
+                       target=True)
         fit = guided_nmf(A, k, y, target_lambda=self.target_lambda, guidance=self.guidance, removal=self.removal,
                          whiten=self.whiten, seed=self._seed(), **self._nmf_kwargs())
         base, model = fit.base, fit.model

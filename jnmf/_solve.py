@@ -344,3 +344,10 @@ def check_finite(model: NMFModel) -> None:
         raise FloatingPointError(
             f"the fit produced non-finite values by iteration {int(model.iter)}; the Gram matrix was probably "
             "singular (try solver='cd', an L2 penalty, or a smaller k)")
+    # A is refused when all zero, so a model whose every scale sits at the 1e-15 floor of the scaling has lost all
+    # signal in the arithmetic (e.g. W W' overflowed: HALS then keeps its start, a zero model, instead of a NaN).
+    if np.all(np.asarray(model.d, np.float64) <= 2e-15):
+        raise FloatingPointError(
+            f"every component of the fit is zero by iteration {int(model.iter)} (all d at the 1e-15 floor): the "
+            "products under- or overflowed the dtype (an initial W of extreme scale?); rescale A or w_init, or use "
+            "float64")

@@ -66,7 +66,7 @@ def test_hawaiibirds_matches_rcppml_consensus_nmf(fixture):
         pytest.skip("hawaiibirds data not found")
     # consensus_nmf(A, k = 8, reps = 20, seed = 42, tol = 1e-4, maxit = 100): replicates use seeds 43..62, and
     # jnmf's nmf(seed=s) is RcppML's fit from set.seed(s), so the replicates' labels agree (float32 both).
-    res = jnmf.consensus(A, 8, reps=20, seed=42, tol=1e-4, maxit=100)
+    res = jnmf.consensus(A, 8, reps=20, seed=42, tol=1e-4, maxit=100, solver="rcppml")
     agree = np.mean(np.argmax(res.spectra, axis=2) + 1 == fixture["species_rep_labels"])
     assert agree > 0.99
     assert abs(res.cophenetic - float(fixture["species_cophenetic"])) < 2e-3

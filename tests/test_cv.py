@@ -100,7 +100,7 @@ def test_rcppml_stopping_reproduces_fixture_curves_and_k(fixture, hawaii):
     # argmin over 6..12 is the argmin over RcppML's 2..12; float32 as RcppML.
     ks = np.arange(6, 13)
     res = jnmf.cross_validate(hawaii, ks, seeds=(1, 2, 3), test_fraction=0.05, stop="rcppml", init="rcppml",
-                              tol=1e-4, maxit=100)
+                              tol=1e-4, maxit=100, solver="rcppml")
     ref = fixture["fit_best_test"][:, ks - 2].T  # (K, 3)
     np.testing.assert_allclose(res.test_mse, ref, rtol=2e-3)
     assert np.max(np.abs(res.iter - fixture["fit_iter"][:, ks - 2].T)) <= 3
@@ -125,8 +125,9 @@ def test_pad_plan_falls_back_and_says_why():
     assert not _cv._pad_plan(np.array([2, 3, 4]), "auto", {})[0]  # 48 / 29 = 1.7
     ok, why = _cv._pad_plan(ks, "auto", {"target_H": {2: 0, 3: 0, 4: 0}})
     assert not ok and "target" in why
-    ok, why = _cv._pad_plan(np.array([2, 40]), "auto", {})
+    ok, why = _cv._pad_plan(np.array([2, 40]), "auto", {"solver": "rcppml"})
     assert not ok and "solver" in why
+    assert _cv._pad_plan(np.array([30, 40]), "auto", {})[0]  # HALS at every k
     ok, why = _cv._pad_plan(np.array([2, 3, 4, 5, 31]), "auto", {})  # 5 * 31^2 / sum k^2 = 4.7
     assert not ok and "cost" in why
     with pytest.raises(ValueError, match="pad=True"):

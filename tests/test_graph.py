@@ -80,11 +80,11 @@ def test_w_target_in_graph_equals_nmf(X):
 def test_h_target_in_graph_equals_nmf_and_rcppml(hawaii_ref, hawaiibirds):
     """The vignette's graph: RcppML ignores H(target=); here it gives nmf(target_H=T, target_lambda=0.10)."""
     A, T = hawaiibirds.A, hawaii_ref["target_T"]
-    cfg = g.factor_config(tol=1e-4, maxit=100, seed=42)
+    cfg = g.factor_config(tol=1e-4, maxit=100, seed=42, solver="rcppml")
     with jax.enable_x64(True):
         net = g.factor_input(A).nmf_layer(8, H=g.H(target=T, target_lambda=0.10)).factor_net(cfg)  # R's pipeline
         res = g.fit(net)
-        ref = jnmf.nmf(A, 8, tol=1e-4, maxit=100, seed=42, target_H=T, target_lambda=0.10)
+        ref = jnmf.nmf(A, 8, tol=1e-4, maxit=100, seed=42, target_H=T, target_lambda=0.10, solver="rcppml")
         _assert_same_model(res[0], ref)
         # and RcppML's own nmf(target_H=T, target_lambda=0.10) (fixture), within the parity tolerances of nmf()
         assert res[0].iterations == int(hawaii_ref["target010_iter"])
@@ -96,9 +96,10 @@ def test_h_target_in_graph_equals_nmf_and_rcppml(hawaii_ref, hawaiibirds):
         assert _max_diff(res.embedding(), plain.embedding()) > 1e-2
 
         # removal (negative lambda, PROJ_ADV): the first iterations, as nmf() and RcppML
-        cfg5 = g.factor_config(tol=1e-4, maxit=5, seed=42, removal="proj_adv")
+        cfg5 = g.factor_config(tol=1e-4, maxit=5, seed=42, removal="proj_adv", solver="rcppml")
         rem = g.fit(g.factor_input(A).nmf_layer(8, H=g.H(target=T, target_lambda=-0.10)).factor_net(cfg5))
-        ref5 = jnmf.nmf(A, 8, tol=1e-4, maxit=5, seed=42, target_H=T, target_lambda=-0.10, removal="proj_adv")
+        ref5 = jnmf.nmf(A, 8, tol=1e-4, maxit=5, seed=42, target_H=T, target_lambda=-0.10, removal="proj_adv",
+                        solver="rcppml")
         _assert_same_model(rem[0], ref5)
         hist = np.asarray(rem[0].model.loss_history)
         expected = hawaii_ref["removal010_loss_history"][:5]

@@ -10,10 +10,10 @@ from jax import enable_x64
 import jnmf
 from jnmf._solve import _solve_jit
 
-TOY_RUNS = {  # fixture prefix -> nmf options (seed = 1 gives the stored w_init)
-    "chol": {},
+TOY_RUNS = {  # fixture prefix -> nmf options (seed = 1 gives the stored w_init); "rcppml": RcppML's NNLS rule
+    "chol": {"solver": "rcppml"},
     "cd": {"solver": "cd"},
-    "L1": {"L1": 0.1},
+    "L1": {"L1": 0.1, "solver": "rcppml"},
 }
 
 
@@ -47,7 +47,7 @@ def test_toy_seed_path_equals_w_init_path(toy_ref):
 @pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
 def test_hawaiibirds_base_model_matches_rcppml(hawaiibirds, hawaii_ref, layout, x64):
     with enable_x64(x64):
-        model = jnmf.nmf(hawaiibirds.A, 8, tol=1e-4, maxit=100, seed=42, layout=layout)
+        model = jnmf.nmf(hawaiibirds.A, 8, tol=1e-4, maxit=100, seed=42, layout=layout, solver="rcppml")
         np.testing.assert_allclose(np.asarray(model.w_init).ravel(order="F")[:10],
                                    hawaii_ref["base_w_init"].ravel(order="F")[:10], rtol=1e-7)
         assert int(model.iter) == int(hawaii_ref["base_iter"]) == 17
@@ -60,7 +60,7 @@ def test_hawaiibirds_base_model_matches_rcppml(hawaiibirds, hawaii_ref, layout, 
 
 
 def test_evaluate_is_mse_over_all_entries(hawaiibirds, hawaii_ref):
-    model = jnmf.nmf(hawaiibirds.A, 8, seed=42)
+    model = jnmf.nmf(hawaiibirds.A, 8, seed=42, solver="rcppml")
     dense = hawaiibirds.A.toarray()
     direct = np.mean((dense - (np.asarray(model.w, np.float64) * np.asarray(model.d)) @ np.asarray(model.h)) ** 2)
     assert jnmf.evaluate(model, hawaiibirds.A) == pytest.approx(direct, rel=1e-9)
@@ -156,7 +156,7 @@ def test_upper_bound_clamps_raw_factor(toy_ref):
 
 
 def test_model_is_an_immutable_pytree(toy_ref):
-    model = jnmf.nmf(toy_ref["A"], 3, seed=1)
+    model = jnmf.nmf(toy_ref["A"], 3, seed=1, solver="rcppml")
     leaves = jax.tree.leaves(model)
     assert len(leaves) == 9
     with pytest.raises(AttributeError):

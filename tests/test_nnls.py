@@ -127,16 +127,29 @@ def test_gram_penalties_and_scaling():
         scale_rows(X, "max")
 
 
-def test_auto_takes_hals_from_k_32_and_rcppml_keeps_its_rule():
+def test_auto_takes_hals_and_rcppml_keeps_its_rule():
     import jax
 
     rng = np.random.default_rng(3)
     A = np.abs(rng.normal(size=(80, 60)))
-    assert jnmf.prepare(A, 8, seed=1).config.solver == "cholesky"  # RcppML's rule below k = 32
-    assert jnmf.prepare(A, 8, seed=1, L1=0.1).config.solver == "cd"
+    T = np.abs(rng.normal(size=(8, 60)))
+    assert jnmf.prepare(A, 8, seed=1).config.solver == "hals"
+    assert jnmf.prepare(A, 8, seed=1, L1=0.1).config.solver == "hals"
     assert jnmf.prepare(A, 40, seed=1).config.solver == "hals"
+    # a guided fit below k = 32 keeps RcppML's rule (it converges there, HALS does not within maxit)
+    assert jnmf.prepare(A, 8, seed=1, target_H=T, target_lambda=0.1).config.solver == "cholesky"
+    assert jnmf.prepare(A, 8, seed=1, target_H=T, target_lambda=0.1, L1=0.1).config.solver == "cd"
+    # ... and the scatter removal, which needs descending updates, exact CD below k = 32, HALS from 32
+    assert jnmf.prepare(A, 8, seed=1, target_H=T, target_lambda=-0.1).config.solver == "cd"
+    assert jnmf.prepare(A, 8, seed=1, remove=np.arange(60) % 2).config.solver == "cd"
+    assert jnmf.prepare(A, 40, seed=1, remove=np.arange(60) % 2).config.solver == "hals"
+    # a target decides, not its lambda: a lambda grid (0 included) is one solver, the one of each member alone
+    assert jnmf.prepare(A, 8, seed=1, target_H=T, target_lambda=0.0).config.solver == "cholesky"
+    assert jnmf.prepare(A, 8, seed=1, target_H=T, target_lambda=-0.1, removal="proj_adv").config.solver == "cholesky"
     assert jnmf.prepare(A, 40, seed=1, solver="rcppml").config.solver == "cd"
     assert jnmf.prepare(A, 8, seed=1, solver="rcppml").config.solver == "cholesky"
+    assert jnmf.prepare(A, 8, seed=1, solver="rcppml", L1=0.1).config.solver == "cd"
+    assert jnmf.prepare(A, 8, seed=1, solver="rcppml", remove=np.arange(60) % 2).config.solver == "cd"
     assert jnmf.prepare(A, 40, seed=1, nonneg=(True, False)).config.solver == "hals"
     assert jnmf.prepare(A, 40, seed=1, loop="scan").config.solver == "hals"
     assert jnmf.prepare(A, 40, seed=1, solver="bpp").config.solver == "bpp"
@@ -197,6 +210,25 @@ def test_hals_jit_vmap_and_scan_agree():
     for i in range(3):
         np.testing.assert_allclose(np.asarray(vm[i]), np.asarray(nnls_hals(Gs[i], Bs[i], sweeps=50)),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_hals_columns_stop_on_their_own():
+    # Each column's stopping sweep depends on that column alone, so a column solved in any subset of columns (a
+    # chunk, a shard) gets the same result as solved with all of them.
+    rng = np.random.default_rng(7)
+    a, y, G, B = _nnls_problem(20, 40, 1e3, seed=7)
+    B = B * np.exp(rng.normal(size=(1, B.shape[1])) * 2)  # columns at very different scales and progress rates
+    X0 = np.abs(rng.normal(size=B.shape))
+    with enable_x64(True):
+        full = np.asarray(nnls_hals(jnp.asarray(G), jnp.asarray(B), jnp.asarray(X0)))
+        for cols in (slice(0, 7), slice(7, 40), [3, 30, 11]):
+            part = np.asarray(nnls_hals(jnp.asarray(G), jnp.asarray(B[:, cols]), jnp.asarray(X0[:, cols])))
+            np.testing.assert_allclose(part, full[:, cols], rtol=1e-12, atol=1e-14)
+        # and the columns did stop at different sweeps: a fixed count of sweeps gives other results
+        fixed = [np.asarray(nnls_hals(jnp.asarray(G), jnp.asarray(B), jnp.asarray(X0), sweeps=s_, first=0.0))
+                 for s_ in range(1, 11)]
+    matches = [int(np.argmin([np.abs(f[:, j] - full[:, j]).max() for f in fixed])) for j in range(B.shape[1])]
+    assert len(set(matches)) > 1
 
 
 @pytest.mark.parametrize("sweeps", [1, 2, 10])

@@ -27,7 +27,7 @@ def test_cholesky_projection_reproduces_h_up_to_the_h_update_scale(hawaiibirds):
     # Cholesky-then-clip is not an exact NNLS, so the fit's h rows carry the H update's own L1 scale d_H, a few %
     # off the W update's d; normalising the projected rows recovers h.
     A = hawaiibirds.A
-    model = jnmf.nmf(A, 8, seed=42, tol=1e-6, maxit=200)
+    model = jnmf.nmf(A, 8, seed=42, tol=1e-6, maxit=200, solver="rcppml")
     h = np.asarray(jnmf.project(model, A))
     row_sums = h.sum(1)
     assert np.all(np.abs(row_sums - 1) < 0.1)

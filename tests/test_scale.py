@@ -41,8 +41,8 @@ def sparse_kernel(request):
 
 def test_sparse_and_dense_layouts_same_model_on_fixtures(toy_ref, hawaiibirds, sparse_kernel):
     # float32 (the default) on hawaiibirds: w and h are unit-scaled (atol), d carries the data's scale (rtol).
-    dense = jnmf.nmf(hawaiibirds.A, 8, seed=42, layout="dense")
-    sparse = jnmf.nmf(hawaiibirds.A, 8, seed=42, layout="sparse", sparse_kernel=sparse_kernel)
+    dense = jnmf.nmf(hawaiibirds.A, 8, seed=42, layout="dense", solver="rcppml")
+    sparse = jnmf.nmf(hawaiibirds.A, 8, seed=42, layout="sparse", sparse_kernel=sparse_kernel, solver="rcppml")
     assert int(dense.iter) == int(sparse.iter)
     for f in ("w", "h"):
         np.testing.assert_allclose(np.asarray(getattr(sparse, f)), np.asarray(getattr(dense, f)), atol=1e-4)
@@ -51,8 +51,8 @@ def test_sparse_and_dense_layouts_same_model_on_fixtures(toy_ref, hawaiibirds, s
     # its stop by one iteration (32 vs 33); in float64 both layouts give the same iterations and model.
     with jax.enable_x64(True):
         A = sp.csc_matrix(toy_ref["A"])
-        dense = jnmf.nmf(A, 3, seed=1, layout="dense")
-        sparse = jnmf.nmf(A, 3, seed=1, layout="sparse", sparse_kernel=sparse_kernel)
+        dense = jnmf.nmf(A, 3, seed=1, layout="dense", solver="rcppml")
+        sparse = jnmf.nmf(A, 3, seed=1, layout="sparse", sparse_kernel=sparse_kernel, solver="rcppml")
     assert int(dense.iter) == int(sparse.iter)
     assert _max_rel(sparse, dense) <= 1e-10
 

@@ -34,9 +34,9 @@ def test_subset_invariance_holds_in_float64(estimator):
 
 def test_fit_transform_on_hawaiibirds_is_nmf_transposed(hawaiibirds):
     A = hawaiibirds.A  # species x cells, as RcppML; scikit-learn gets cells x species
-    est = jnmf.NMF(8, random_state=42, solver="auto")
+    est = jnmf.NMF(8, random_state=42, solver="rcppml")
     W = est.fit_transform(A.T)
-    model = jnmf.nmf(A, 8, seed=42)
+    model = jnmf.nmf(A, 8, seed=42, solver="rcppml")
     assert W.shape == (1183, 8) and W.dtype == np.float64
     np.testing.assert_array_equal(W, np.asarray(model.embedding()))
     np.testing.assert_array_equal(est.components_, np.asarray(model.w).T)
@@ -51,11 +51,11 @@ def test_fit_transform_on_hawaiibirds_is_nmf_transposed(hawaiibirds):
 
 def test_guided_estimator_is_the_vignette_recipe(hawaiibirds, hawaii_ref):
     A, island = hawaiibirds.A, hawaiibirds.obs["island"]
-    est = jnmf.GuidedNMF(8, target_lambda=0.1, random_state=42, solver="auto")
+    est = jnmf.GuidedNMF(8, target_lambda=0.1, random_state=42, solver="rcppml")
     W = est.fit_transform(A.T, island)
-    base = jnmf.nmf(A, 8, seed=42)
+    base = jnmf.nmf(A, 8, seed=42, solver="rcppml")
     T = jnmf.compute_target(base.h, island)
-    guided = jnmf.nmf(A, 8, seed=42, target_H=T, target_lambda=0.1)
+    guided = jnmf.nmf(A, 8, seed=42, target_H=T, target_lambda=0.1, solver="rcppml")
     np.testing.assert_array_equal(est.embedding_, np.asarray(guided.embedding()))
     np.testing.assert_array_equal(est.components_, np.asarray(guided.w).T)
     # fit_transform is the label-free projection onto the guided W, exactly what transform gives at predict time
@@ -70,7 +70,7 @@ def test_guided_estimator_is_the_vignette_recipe(hawaiibirds, hawaii_ref):
 
 def test_guided_transform_with_labels_reproduces_the_guided_embedding(hawaiibirds):
     A, island = hawaiibirds.A, hawaiibirds.obs["island"]
-    est = jnmf.GuidedNMF(8, target_lambda=0.1, random_state=42, solver="auto").fit(A.T, island)
+    est = jnmf.GuidedNMF(8, target_lambda=0.1, random_state=42, solver="rcppml").fit(A.T, island)
     W = est.embedding_
     # measured 1.5e-3 against entries up to 11.8 (tol=1e-4), while the fit's own rescaling h_scale_ is 1.3-2.1
     np.testing.assert_allclose(est.transform(A.T, island), W, rtol=0, atol=5e-4 * np.abs(W).max())
@@ -85,9 +85,9 @@ def test_guided_transform_with_labels_reproduces_the_guided_embedding(hawaiibird
 
 def test_removal_guidance_is_nmf_with_negative_lambda(hawaiibirds):
     A, island = hawaiibirds.A, hawaiibirds.obs["island"]
-    est = jnmf.GuidedNMF(8, guidance="remove", target_lambda=0.5, random_state=42, solver="auto")
+    est = jnmf.GuidedNMF(8, guidance="remove", target_lambda=0.5, random_state=42, solver="rcppml")
     W = est.fit(A.T, island).embedding_
-    base = jnmf.nmf(A, 8, seed=42)
+    base = jnmf.nmf(A, 8, seed=42, solver="rcppml")
     T = jnmf.compute_target(base.h, island)
     removed = jnmf.nmf(A, 8, seed=42, target_H=T, target_lambda=-0.5, solver="cd")  # removal="scatter"
     np.testing.assert_array_equal(W, np.asarray(removed.embedding()))

@@ -151,8 +151,8 @@ def test_l1_l2_axes_and_pairs(toy):
         assert result.shape == (2, 2) and list(result.axes) == ["L1", "L2"]
         for i, l1 in enumerate((0.0, 0.1)):
             for j, l2 in enumerate(((0.0, 0.0), (0.2, 0.05))):
-                # any non-zero L1 in the grid resolves solver="auto" to "cd" for every member
-                single = jnmf.nmf(A, 3, seed=1, L1=l1, L2=l2, solver="cd", maxit=40)
+                # solver="auto" is HALS for every member, with or without L1
+                single = jnmf.nmf(A, 3, seed=1, L1=l1, L2=l2, solver="hals", maxit=40)
                 _assert_member_equals(result.member(i, j), single)
 
 
@@ -226,10 +226,13 @@ def test_non_finite_members_are_reported_not_raised(toy):
     A, _ = toy
     start = np.random.default_rng(1).uniform(size=(50, 3))
     stack = np.stack([start, start * 1e25])  # W W' overflows float32 for the second member
+    # RcppML's Cholesky-then-clip turns the overflowed G into NaN; HALS keeps its start, a zero model
     with pytest.raises(FloatingPointError):
+        jnmf.nmf(A, 3, w_init=stack[1], maxit=5, solver="rcppml")
+    with pytest.raises(FloatingPointError, match="every component of the fit is zero"):
         jnmf.nmf(A, 3, w_init=stack[1], maxit=5)
     with pytest.warns(RuntimeWarning, match="1 of 2 members produced non-finite values"):
-        result = jnmf.sweep(A, 3, seeds=stack, maxit=5)
+        result = jnmf.sweep(A, 3, seeds=stack, maxit=5, solver="rcppml")
     assert result.diagnostics()["finite"].tolist() == [True, False]
 
 

@@ -101,7 +101,7 @@ def test_integer_and_jax_input_accepted():
 
 
 def test_solve_overrides_validate_like_prepare():
-    problem = jnmf.prepare(A, 2, seed=1, maxit=3)  # solver="auto" resolved to Cholesky (k < 32, no L1)
+    problem = jnmf.prepare(A, 2, seed=1, maxit=3, solver="rcppml")  # RcppML's rule: Cholesky (k < 32, no L1)
     with pytest.raises(ValueError, match="solver='cholesky' does not support L1") as from_solve:
         jnmf.solve(problem, L1=0.1)
     with pytest.raises(ValueError, match="solver='cholesky' does not support L1") as from_prepare:
@@ -164,11 +164,14 @@ def test_guidance_labels_that_cannot_guide_are_refused_before_any_fit():
 
 
 def test_auto_warns_where_solve_then_clip_nears_min_m_n():
+    # "auto" takes solve-then-clip only for a guided fit below k = 32 (RcppML's rule)
     rng = np.random.default_rng(0)
     X = rng.random((30, 20))
-    with pytest.warns(UserWarning, match=r"Cholesky-then-clip at k = 10 < 32.*min\(m, n\) = 20"):
-        jnmf.nmf(X, 10, seed=1, maxit=3)
+    T = (np.arange(10)[:, None] == np.arange(20)[None, :] % 10).astype(float)
+    with pytest.warns(UserWarning, match=r"target is RcppML's Cholesky-then-clip at k = 10 < 32.*min\(m, n\) = 20"):
+        jnmf.nmf(X, 10, seed=1, maxit=3, target_H=T, target_lambda=0.1)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="solver='auto'")
-        jnmf.nmf(X, 5, seed=1, maxit=3)  # k well below min(m, n)
+        jnmf.nmf(X, 5, seed=1, maxit=3, target_H=T[:5], target_lambda=0.1)  # k well below min(m, n)
+        jnmf.nmf(X, 10, seed=1, maxit=3)  # HALS
         jnmf.nmf(X, 10, seed=1, maxit=3, solver="rcppml")  # RcppML's rule, asked for by name

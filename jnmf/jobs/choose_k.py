@@ -16,7 +16,10 @@ import numpy as np
 
 import jnmf
 from jnmf import _consensus
+from jnmf._options import SOLVERS
 from jnmf.cli import ConfigError, OneOf, Required
+
+_SOLVER = OneOf(*SOLVERS)
 
 CONFIG_SCHEMA = {
     "experiment": Required(str),
@@ -24,9 +27,9 @@ CONFIG_SCHEMA = {
     "data": Required({"name": Required(str)}),
     "cv": Required({"ks": Required([int]), "seeds": [int], "test_fraction": float, "stop": OneOf("train", "rcppml"),
                     "init": OneOf("r", "rcppml"), "rule": OneOf("min", "1se"), "tol": float, "maxit": int,
-                    "dtype": OneOf("float32", "float64"), "compare_rcppml": bool}),
+                    "dtype": OneOf("float32", "float64"), "compare_rcppml": bool, "solver": _SOLVER}),
     "consensus": {"ks": Required([int]), "reps": int, "seed": int, "density_threshold": float, "tol": float,
-                  "maxit": int},
+                  "maxit": int, "solver": _SOLVER},
 }
 
 
