@@ -101,9 +101,9 @@ def resolve_solver(solver: str, k: int, L1: Any = (0.0, 0.0), scatter: bool = Fa
     does (nonneg=False, masks, ``loop="scan"``, grids). Guided fits below k = 32 keep RcppML's rule: a target
     (``target=True``: target_H or target_W given, whatever its lambda, so a lambda grid has one solver)
     converges there in 15-19 iterations against HALS's 100 (hawaiibirds, k = 8, lambda = 0.1), and the
-    vignette's rows stay RcppML's; a scatter removal takes
-    CD (with a kept target, HALS's inexact updates let the reported SSE + scatter, which leaves out the target
-    term, rise by up to 3e-5 relative late in a fit; exact CD keeps it monotone). Measured in
+    vignette's rows stay RcppML's; a scatter removal takes CD (with a kept target, HALS's inexact updates let the
+    reported SSE + scatter, which leaves out the target term, rise by up to 3e-5 relative late in a fit; exact CD
+    keeps it monotone). Measured in
     ``experiments/bench_converge.py`` (README, "Time to a given loss"): the exact BPP (``"bpp"``) and 100-sweep
     CD cost 3-38x HALS per iteration at k = 50 for about the same loss per iteration, and Cholesky-then-clip
     below k = 32 plateaus above the loss HALS reaches. ``L1`` may be a pair or a grid of pairs (any non-zero

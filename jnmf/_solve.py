@@ -337,7 +337,8 @@ prepare.__signature__ = signature_of(prepare, _LEADING)
 
 
 def check_finite(model: NMFModel) -> None:
-    """Refuse to hand back a NaN model (e.g. a singular Gram matrix under Cholesky with nonneg=False)."""
+    """Refuse to hand back a NaN model (e.g. a singular Gram matrix under Cholesky with nonneg=False) or an all-zero
+    one (every d at the scaling's 1e-15 floor)."""
     # On the host: eager jnp ops here would compile once per new shape.
     finite = all(bool(np.all(np.isfinite(np.asarray(x)))) for x in (model.w, model.d, model.h, model.loss))
     if not finite:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import jnmf
+from jnmf._options import SOLVERS
 from jnmf.cli import ConfigError, OneOf, Required, progress
 
 # The config this experiment reads, checked by `jnmf run` before any compute (protocol: jnmf/cli.py's docstring).
@@ -27,7 +28,7 @@ CONFIG_SCHEMA = {
     # Options passed to every jnmf.nmf call; nmf itself checks their values. target_*/removal come from [[methods]].
     "nmf": Required({"k": Required(int), "tol": float, "maxit": int, "seed": int, "L1": (float, [float]),
                      "L2": (float, [float]), "nonneg": (bool, [bool]),
-                     "solver": OneOf("auto", "cholesky", "cd", "hals", "bpp", "rcppml"),
+                     "solver": OneOf(*SOLVERS),
                      "norm": OneOf("L1", "L2", "none"), "sort": bool, "upper_bound": (float, [float]),
                      "cd_maxit": int, "cd_tol": float, "layout": OneOf("auto", "dense", "sparse"),
                      "loop": OneOf("while", "scan"), "dtype": OneOf("float32", "float64"),
