@@ -347,6 +347,10 @@ class FitOptions:
         scatter = Y is not None or (self.removal == "scatter" and TH is not None and bool(np.any(lam_grid[:, 1] < 0)))
         spec.check_penalties(self, L1, L2, nonneg, lam_grid, TH is not None, TW is not None, Y is not None, masked,
                              L1_grid, lambda_grid)
+        if Y is not None and TH is not None and spec.loss != "mse" and bool(np.any(lam_grid[:, 1] > 0)):
+            raise ValueError(f"target_H with a positive target_lambda beside remove= is supported for loss='mse' "
+                             f"only (its joint objective), got loss={spec.loss!r}; fit the removal alone, or use "
+                             "loss='mse'")
         if scatter and self.norm == "none":
             raise ValueError("norm='none' cannot be used with a scatter removal (remove=, or removal='scatter' with a "
                              "negative target_lambda): the penalty is not scale-invariant, so W's scale must be "

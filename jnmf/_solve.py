@@ -217,7 +217,8 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
             ``"scatter"`` (default, recommended) minimises ``|A - W H|^2 + |lam| tr(E M E')``, the between-class
             scatter of the embedding ``E = diag(d) h`` (M projects onto class-mean differences; ``between_groups``),
             by majorize-minimize updates that cannot increase it (the reported ``loss`` is this objective;
-            needs an exact NNLS, so ``solver="auto"`` picks CD); ``"proj_adv"`` is RcppML's PROJ_ADV
+            each update descends its surrogate from the current factor: ``solver="auto"`` is CD below k = 32,
+            HALS from 32); ``"proj_adv"`` is RcppML's PROJ_ADV
             (``G - |lam| a G_T``, faithful and non-convergent); ``"project"`` removes a fraction ``min(|lam|, 1)``
             of the class-mean differences from the right-hand side of the H update (``removal_project_rhs``;
             minimises no stated objective, kept for comparison).
@@ -225,7 +226,8 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
             between-group scatter is penalised with weight ``remove_lambda >= 0`` as ``removal="scatter"`` does,
             alongside any target: e.g. ``remove=batch`` with ``target_H=compute_target(h, cell_type)`` and a
             positive ``target_lambda`` removes the batch while enriching the cell types. The objective is then
-            ``|A - W H|^2 + lam_T |E - T|^2 + remove_lambda tr(E M_batch E')``.
+            ``|A - W H|^2 + lam_T |E - T|^2 + remove_lambda tr(E M_batch E')`` (loss="mse" only), the reported
+            ``loss``; the W update majorizes the target term's dependence on W's scale, so it never increases.
         w_init: explicit initial W (m, k), alternative to ``seed``.
         cd_maxit, cd_tol: inner coordinate-descent limits.
         loop: ``"while"`` stops at convergence (iterations after it cost nothing); ``"scan"`` runs ``maxit``

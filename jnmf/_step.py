@@ -22,7 +22,7 @@ from ._bpp import nnls_bpp
 from ._model import NMFModel
 from ._nnls import cholesky_clip, cholesky_clip_columns, nnls_cd, nnls_hals, nnls_step
 from ._options import Config, Hyper
-from ._penalties import apply_l1_l2, apply_target, gram, group_scatter, scale_rows, scatter_target
+from ._penalties import SCALE_EPS, apply_l1_l2, apply_target, gram, group_scatter, scale_rows, scatter_target
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -103,6 +103,16 @@ def scatter_penalties(config: Config, hyper: Hyper) -> list[tuple[jax.Array, jax
     return out
 
 
+def kept_target(config: Config, hyper: Hyper) -> jax.Array | None:
+    """The weight ``lam_T >= 0`` of an enrichment target_H kept beside ``remove=`` (None without both), whose
+    ``lam_T |E - T|^2`` is then part of the stated objective: the W half accounts for its dependence on the scale
+    and the reported loss includes it. A target fit without ``remove=`` stays RcppML's (its loss is the SSE)."""
+    if not (config.remove and config.target_H and config.loss == "mse"):
+        return None
+    lam = hyper.target_lambda[1]
+    return jnp.where(lam > 0, lam, jnp.zeros_like(lam))
+
+
 def h_solve(config: Config, hyper: Hyper, W: jax.Array, rhs: jax.Array, grams: jax.Array | None, H_prev: jax.Array,
             E0: jax.Array, warm: jax.Array, G_TH: jax.Array | None = None, T: jax.Array | None = None,
             groups: jax.Array | None = None) -> jax.Array:
@@ -154,8 +164,15 @@ def w_half(config: Config, hyper: Hyper, state: State, d_H: jax.Array, H: jax.Ar
     scatter = scatter_penalties(config, hyper)
     W0 = d_H[:, None] * state.W  # the current raw W' of the model (W, diag(d_H) h)
     start, extra = (W0 if config.solver == "hals" else state.W), None
+    kept = kept_target(config, hyper)
     if scatter:
         c = sum(lam * group_scatter(H, Y) for lam, Y in scatter)  # (k,): lam R_f(h) summed over penalties
+        beta = jnp.zeros_like(c)
+        if kept is not None:
+            # The kept target's lam_T |diag(s) h - T|^2 depends on the scale s this update sets: its
+            # lam_T s_f^2 |h_f|^2 joins c, its -2 lam_T s_f <h_f, T_f> is linear in s_f (beta).
+            c = c + kept * jnp.sum(H * H, axis=1)
+            beta = kept * jnp.sum(H * hyper.target_H, axis=1)
         if config.solver != "hals":
             start = jnp.where(sum(lam for lam, _ in scatter) > 0, W0, state.W)
         m = W0.shape[1]
@@ -163,9 +180,11 @@ def w_half(config: Config, hyper: Hyper, state: State, d_H: jax.Array, H: jax.Ar
         def extra(G, B):
             eye = jnp.eye(G.shape[-1], dtype=G.dtype)
             if config.norm == "L2":
-                return G + c * eye, B
+                # -beta_f |w_f| is concave: majorized by its tangent at W0, a linear term.
+                unit = W0 / (jnp.sqrt(jnp.sum(W0 * W0, axis=1, keepdims=True)) + SCALE_EPS)
+                return G + c * eye, B + beta[:, None] * unit
             s0 = jnp.sum(W0, axis=1)
-            return G + m * c * eye, B + c[:, None] * (m * W0 - s0[:, None])
+            return G + m * c * eye, B + c[:, None] * (m * W0 - s0[:, None]) + beta[:, None]
 
     G0 = gram(H) if grams is None else grams
     X = penalized_solve(G0, rhs, 0, start, state.n_iter > 0, config, hyper,
@@ -175,8 +194,10 @@ def w_half(config: Config, hyper: Hyper, state: State, d_H: jax.Array, H: jax.Ar
         loss = gram_identity_sse(sq_norm, d, W, G0, rhs)
     else:
         loss = None if observed_sse is None else observed_sse(d[:, None] * W, H)
-    if scatter and loss is not None:  # the scatter penalties of the model (W, diag(d) h): sum_f d_f^2 c_f
-        loss = loss + jnp.sum(d * d * c)
+    if scatter and loss is not None:  # the penalties of the model (W, diag(d) h): sum_f d_f^2 c_f - 2 d_f beta_f
+        loss = loss + jnp.sum(d * d * c) - 2 * jnp.sum(d * beta)
+        if kept is not None:
+            loss = loss + kept * jnp.sum(hyper.target_H * hyper.target_H)
     return d, W, loss
 
 

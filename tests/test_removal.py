@@ -139,6 +139,28 @@ def test_remove_one_grouping_keep_another():
     assert np.all(np.diff(hist) <= 1e-12 * hist[:-1])
 
 
+@pytest.mark.parametrize("solver,norm", [("cd", "L1"), ("hals", "L1"), ("cd", "L2"), ("hals", "L2")])
+def test_remove_with_kept_target_descends_its_joint_objective(solver, norm):
+    """remove= beside an enrichment target: the reported loss is ``|A - W E|^2 + lam_T |E - T|^2 + lam tr(E M E')``
+    of the final model, and it never increases (the W half accounts for the target's dependence on the scale)."""
+    rng = np.random.default_rng(7)
+    n, m = 120, 50
+    cell, batch = np.tile([0, 1, 2], n // 3), np.repeat([0, 1], n // 2)
+    A = np.abs(rng.normal(size=(m, 3)))[:, cell] * 2 + np.abs(rng.normal(size=(m, 2)))[:, batch] + 0.1 * rng.random(
+        (m, n))
+    with jax.enable_x64(True):
+        base = jnmf.nmf(A, 5, seed=0, norm=norm)
+        T = np.asarray(jnmf.compute_target(base.h, cell)) * np.asarray(base.d)[:, None]
+        # sort=False: the rows of E stay those of T
+        model = jnmf.nmf(A, 5, seed=0, maxit=300, tol=1e-9, solver=solver, norm=norm, remove=batch, sort=False,
+                         remove_lambda=0.5, target_H=T, target_lambda=0.3)
+        hist = np.asarray(model.loss_history)[: int(model.iter)]
+    E = np.asarray(model.d)[:, None] * np.asarray(model.h)
+    joint = _objective(A, model, batch, 0.5) + 0.3 * np.sum((E - T) ** 2)
+    assert abs(float(model.loss) / joint - 1) < 1e-10
+    assert np.all(np.diff(hist) <= 1e-12 * hist[:-1]), np.max(np.diff(hist) / hist[:-1])
+
+
 def test_masked_and_sparse_fits_descend(data):
     import scipy.sparse as sp
 
