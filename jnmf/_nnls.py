@@ -159,7 +159,12 @@ HALS_SWEEPS = 10
 # 0.3, not Gillis & Glineur's 0.1, with per-column stopping: on 14,000 x 2,600 (15 %) at k = 50, 80 iterations,
 # 76 against 106 ms per iteration and 5.0 against 7.4 s to 1e-4 of the best loss (scRNA-like: 4.0 against 4.6 s).
 HALS_FIRST = 0.3
+# Rows per block: 8, and 2 up to k = 16, where a block's chain of row updates costs more than its GEMM saves
+# (ms per iteration, b = 2 / 8, 2-core CPU: hawaiibirds 183 x 1,183 k = 8 0.36 / 0.70, k = 16 0.79 / 1.00;
+# 14,000 x 2,700 scRNA-like k = 10 10.9 / 13.8, k = 20 24.0 / 22.5, k = 32 42.3 / 30.6; uniform 14,000 x 2,600
+# k = 10 28.9 / 36.7).
 _HALS_BLOCK = 8
+_HALS_BLOCK_SMALL, _HALS_SMALL_K = 2, 16
 
 
 def nnls_hals(
@@ -197,10 +202,10 @@ def nnls_hals(
     first2 = jnp.asarray(first, dtype) ** 2
     res2 = jnp.asarray(10 * jnp.finfo(dtype).eps, dtype) ** 2
 
-    # Rows in blocks of _HALS_BLOCK: one GEMM G[I] X per block with X as the sweep has left it, then the block's
+    # Rows in blocks of b: one GEMM G[I] X per block with X as the sweep has left it, then the block's
     # rows in turn, each corrected by the steps of the rows before it in the block (the same Gauss-Seidel sweep).
     # Row by row, the k GEMVs G[i] X ran ~30x slower than one G X on CPU (17 ms a sweep at k = 50, n = 14,000).
-    b = _HALS_BLOCK
+    b = _HALS_BLOCK_SMALL if k <= _HALS_SMALL_K else _HALS_BLOCK
     kp = -(-k // b) * b
     # Padding rows: G, B and X rows of zeros, inv 0, so they stay 0 and touch no real row.
     Gp = jnp.zeros((kp, kp), dtype).at[:k, :k].set(G)

@@ -52,10 +52,11 @@ from ._targets import label_codes
 
 __all__ = ["SweepChunkWarning", "SweepResult", "class_separation", "prepare_differentiable", "sweep"]
 
-# On a 2-core CPU, 4 to 16 lanes run the hawaiibirds grid equally fast and 24 or more are slower (the batched
-# state leaves the caches); an accelerator computes a wide batch at about the cost of one member, so there every
-# member of the chunk gets a lane.
-_CPU_LANES = 16
+# On a 2-core CPU, 4 lanes: 20 seeds on hawaiibirds, seconds at lanes 1 / 4 / 16 under HALS, k = 4: 0.13 / 0.12 /
+# 0.19, k = 8: 0.32 / 0.33 / 0.56, k = 12: 0.47 / 0.50 / 1.00 (RcppML's rule ran 4 to 16 lanes equally fast, 24 or
+# more slower: the batched state leaves the caches); an accelerator computes a wide batch at about the cost of one
+# member, so there every member of the chunk gets a lane.
+_CPU_LANES = 4
 _MEMORY_FRACTION = 0.5  # of the memory available when the sweep starts
 
 
@@ -315,7 +316,7 @@ def sweep(
         A, k, options: as ``nmf`` (``tol``, ``maxit``, ``target_H``, ``target_W``, ``removal``, ``solver``,
             ``norm``, ``layout``, ``dtype``, ...). ``seed``, ``w_init`` and ``loop`` are not accepted.
         lanes: members computed side by side per device; a lane whose member finishes takes the next one.
-            Default: 16 per CPU device (larger batches run no faster per member on a CPU), every member on an
+            Default: 4 per CPU device (larger batches ran slower per member on a CPU), every member on an
             accelerator. ``lanes`` >= the grid size is a plain ``vmap`` of the grid.
         devices: devices to shard the grid over (default ``jax.devices()``); members are dealt round-robin.
             With several processes (``jax.distributed``) every process calls ``sweep`` with the same arguments

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jnmf
-from jnmf._sweep import _footprint, _plan
+from jnmf._sweep import _CPU_LANES, _footprint, _plan
 
 FIELDS = ("w", "d", "h", "loss")
 
@@ -187,7 +187,7 @@ def test_memory_estimate_bounds_xla_allocation(hawaiibirds):
 
 def test_plan_chunks_only_when_needed():
     lanes, per_dev, chunks = _plan(100, 1, None, "cpu", lane_bytes=10, member_bytes=1, budget=10_000)
-    assert (lanes, per_dev, chunks) == (16, 100, 1)
+    assert (lanes, per_dev, chunks) == (_CPU_LANES, 100, 1)
     lanes, per_dev, chunks = _plan(100, 4, None, "gpu", lane_bytes=10, member_bytes=1, budget=10_000)
     assert (lanes, per_dev, chunks) == (25, 25, 1)
     lanes, per_dev, chunks = _plan(100, 1, 8, "cpu", lane_bytes=10, member_bytes=10, budget=300)
