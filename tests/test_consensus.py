@@ -75,6 +75,21 @@ def test_hawaiibirds_matches_rcppml_consensus_nmf(fixture):
     assert 0 < res.silhouette <= 1
 
 
+def test_replicates_equal_separate_fits_on_either_path():
+    """Replicate i is nmf(A, k, seed=seed + 1 + i): bitwise on a CPU's per-replicate path, and the one-sweep path
+    (taken when lanes= is given) gives the same consensus."""
+    rng = np.random.default_rng(3)
+    A = rng.random((40, 4)) @ rng.random((4, 60)) + 0.05 * rng.random((40, 60))
+    res = jnmf.consensus(A, 4, reps=4, seed=7, tol=1e-5, maxit=200)
+    for i in range(4):
+        ref = jnmf.nmf(A, 4, seed=8 + i, tol=1e-5, maxit=200)
+        assert np.array_equal(res.spectra[i], np.asarray(ref.w, np.float64))
+        assert res.replicate_iter[i] == int(ref.iter)
+    swept = jnmf.consensus(A, 4, reps=4, seed=7, tol=1e-5, maxit=200, lanes=2)
+    np.testing.assert_allclose(swept.spectra, res.spectra, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(swept.model.w), np.asarray(res.model.w), atol=1e-5)
+
+
 def test_density_filter_drops_outlier_spectra():
     rng = np.random.default_rng(3)
     S = np.abs(rng.normal(size=(4, 30))) + 0.01
