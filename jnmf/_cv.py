@@ -60,11 +60,11 @@ __all__ = ["CVResult", "cross_validate", "holdout_mask", "splitmix64_w", "choose
 
 _HIGHEST = lax.Precision.HIGHEST
 # pad="auto" pads while the padded grid costs at most this many times the per-rank programs' arithmetic
-# (the per-column Gram matrices, O(m n k^2) per iteration). Measured on hawaiibirds (2-core CPU, float32, ks 2..11
-# x 10 replicates, ratio 2.4): padded 58.5 s cold / 49.0 s warm, one program per rank 49.0 / 20.6 s (a vmap also
-# runs every member to the slowest one's iteration count, and a wide padded grid has the widest spread), so
-# padding pays on CPU only for ranks close together (e.g. 8..12, ratio 1.4).
-_PAD_MAX_RATIO = 1.5
+# (the per-column Gram matrices, O(m n k^2) per iteration): padding trades that arithmetic for one compile instead
+# of one per rank. Measured on hawaiibirds (2-core CPU, float32, HALS, ks 2..11 x 10 replicates, ratio 2.4): padded
+# 8.4 s cold / 6.7 s warm, one program per rank 17.6 / 4.6 s. A first call (cold) is the common case, and any new
+# shape is cold again, so padding is the default up to ratio 3.
+_PAD_MAX_RATIO = 3.0
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _FORBIDDEN = {
     "seed": "use seeds= (one per replicate)",
