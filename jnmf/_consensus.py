@@ -244,8 +244,8 @@ def _replicates(A, k: int, seeds: list[int], options) -> NMFModel:
     """The replicate fits, models stacked on a leading (reps,) axis, each equal to ``nmf(A, k, seed=s, **options)``.
 
     On a CPU (no ``lanes`` or ``devices`` asked for) one compiled fit is called per seed: the sweep's program
-    compiled twice as long there and ran no faster (hawaiibirds, 20 seeds, k = 6 / 10: 2.0 / 2.2 s cold and
-    0.23 / 0.33 s warm, against 1.0 / 0.8 s and 0.3 s for separate fits). Elsewhere one ``jnmf.sweep``."""
+    compiled twice as long there and ran no faster (hawaiibirds, 20 seeds, k = 6 / 10: 2.3 / 2.8 s cold and
+    0.19 / 0.34 s warm, against 1.1 s cold and 0.30 / 0.34 s warm for separate fits). Elsewhere one ``jnmf.sweep``."""
     if jax.default_backend() != "cpu" or "lanes" in options or "devices" in options:
         return sweep(A, k, seeds=seeds, **options).model
     problem = prepare(A, k, seed=seeds[0], **options)

@@ -62,7 +62,7 @@ _HIGHEST = lax.Precision.HIGHEST
 # pad="auto" pads while the padded grid costs at most this many times the per-rank programs' arithmetic
 # (the per-column Gram matrices, O(m n k^2) per iteration): padding trades that arithmetic for one compile instead
 # of one per rank. Measured on hawaiibirds (2-core CPU, float32, HALS, ks 2..11 x 10 replicates, ratio 2.4): padded
-# 8.4 s cold / 6.7 s warm, one program per rank 17.6 / 4.6 s. A first call (cold) is the common case, and any new
+# 10.0 s cold / 7.6 s warm, one program per rank 19.8 / 4.4 s. A first call (cold) is the common case, and any new
 # shape is cold again, so padding is the default up to ratio 3.
 _PAD_MAX_RATIO = 3.0
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

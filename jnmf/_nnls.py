@@ -162,7 +162,8 @@ HALS_FIRST = 0.3
 # Rows per block: 8, and 2 up to k = 16, where a block's chain of row updates costs more than its GEMM saves
 # (ms per iteration, b = 2 / 8, 2-core CPU: hawaiibirds 183 x 1,183 k = 8 0.36 / 0.70, k = 16 0.79 / 1.00;
 # 14,000 x 2,700 scRNA-like k = 10 10.9 / 13.8, k = 20 24.0 / 22.5, k = 32 42.3 / 30.6; uniform 14,000 x 2,600
-# k = 10 28.9 / 36.7).
+# k = 10 28.9 / 36.7). The 2-row blocks are unrolled (0.27, 0.64 and 9.7 ms for the first three; compile
+# +0.4-0.8 s), which XLA's CPU backend also needs in column-sharded programs (see ``sweep`` below).
 _HALS_BLOCK = 8
 _HALS_BLOCK_SMALL, _HALS_SMALL_K = 2, 16
 
@@ -238,7 +239,15 @@ def nnls_hals(
 
     def sweep(state):
         X, n_sweeps, d1, active = state  # X padded to kp rows (zeros), which add 0 to every sum below
-        X_new, moved = lax.fori_loop(0, kp // b, block, (X, jnp.zeros(cols, dtype)))
+        carry = (X, jnp.zeros(cols, dtype))
+        if b == _HALS_BLOCK_SMALL:
+            # Unrolled, with static slices: XLA's CPU backend failed to compile the 2-row blocks' dynamic slices
+            # in column-sharded programs ("Failed to translate module to LLVM IR").
+            for blk in range(kp // b):
+                carry = block(blk, carry)
+            X_new, moved = carry
+        else:
+            X_new, moved = lax.fori_loop(0, kp // b, block, carry)
         # A stopped column keeps its value: the block loop still computes it (one GEMM for all columns is cheaper
         # than gathering the active ones), but its result is as if it had stopped alone.
         X = jnp.where(active, X_new, X)

@@ -52,10 +52,10 @@ from ._targets import label_codes
 
 __all__ = ["SweepChunkWarning", "SweepResult", "class_separation", "prepare_differentiable", "sweep"]
 
-# On a 2-core CPU, 4 lanes: 20 seeds on hawaiibirds, seconds at lanes 1 / 4 / 16 under HALS, k = 4: 0.13 / 0.12 /
-# 0.19, k = 8: 0.32 / 0.33 / 0.56, k = 12: 0.47 / 0.50 / 1.00 (RcppML's rule ran 4 to 16 lanes equally fast, 24 or
-# more slower: the batched state leaves the caches); an accelerator computes a wide batch at about the cost of one
-# member, so there every member of the chunk gets a lane.
+# On a 2-core CPU, 4 lanes: 20 seeds on hawaiibirds, seconds at lanes 1 / 4 / 16 under HALS (2-row blocks in a
+# loop), k = 4: 0.13 / 0.12 / 0.19, k = 8: 0.32 / 0.33 / 0.56, k = 12: 0.47 / 0.50 / 1.00 (RcppML's rule ran 4 to
+# 16 lanes equally fast, 24 or more slower: the batched state leaves the caches); an accelerator computes a wide
+# batch at about the cost of one member, so there every member of the chunk gets a lane.
 _CPU_LANES = 4
 _MEMORY_FRACTION = 0.5  # of the memory available when the sweep starts
 
