@@ -167,7 +167,7 @@ def w_half(config: Config, hyper: Hyper, state: State, d_H: jax.Array, H: jax.Ar
     kept = kept_target(config, hyper)
     if scatter:
         c = sum(lam * group_scatter(H, Y) for lam, Y in scatter)  # (k,): lam R_f(h) summed over penalties
-        beta = jnp.zeros_like(c)
+        beta = None
         if kept is not None:
             # The kept target's lam_T |diag(s) h - T|^2 depends on the scale s this update sets: its
             # lam_T s_f^2 |h_f|^2 joins c, its -2 lam_T s_f <h_f, T_f> is linear in s_f (beta).
@@ -180,11 +180,13 @@ def w_half(config: Config, hyper: Hyper, state: State, d_H: jax.Array, H: jax.Ar
         def extra(G, B):
             eye = jnp.eye(G.shape[-1], dtype=G.dtype)
             if config.norm == "L2":
-                # -beta_f |w_f| is concave: majorized by its tangent at W0, a linear term.
-                unit = W0 / (jnp.sqrt(jnp.sum(W0 * W0, axis=1, keepdims=True)) + SCALE_EPS)
-                return G + c * eye, B + beta[:, None] * unit
+                G, B = G + c * eye, B
+                if beta is not None:  # -beta_f |w_f| is concave: majorized by its tangent at W0, a linear term
+                    B = B + beta[:, None] * W0 / (jnp.sqrt(jnp.sum(W0 * W0, axis=1, keepdims=True)) + SCALE_EPS)
+                return G, B
             s0 = jnp.sum(W0, axis=1)
-            return G + m * c * eye, B + c[:, None] * (m * W0 - s0[:, None]) + beta[:, None]
+            B = B + c[:, None] * (m * W0 - s0[:, None])
+            return G + m * c * eye, B if beta is None else B + beta[:, None]
 
     G0 = gram(H) if grams is None else grams
     X = penalized_solve(G0, rhs, 0, start, state.n_iter > 0, config, hyper,
@@ -195,9 +197,9 @@ def w_half(config: Config, hyper: Hyper, state: State, d_H: jax.Array, H: jax.Ar
     else:
         loss = None if observed_sse is None else observed_sse(d[:, None] * W, H)
     if scatter and loss is not None:  # the penalties of the model (W, diag(d) h): sum_f d_f^2 c_f - 2 d_f beta_f
-        loss = loss + jnp.sum(d * d * c) - 2 * jnp.sum(d * beta)
-        if kept is not None:
-            loss = loss + kept * jnp.sum(hyper.target_H * hyper.target_H)
+        loss = loss + jnp.sum(d * d * c)
+        if beta is not None:
+            loss = loss - 2 * jnp.sum(d * beta) + kept * jnp.sum(hyper.target_H * hyper.target_H)
     return d, W, loss
 
 

@@ -124,7 +124,6 @@ def test_pad_plan_falls_back_and_says_why():
     assert _cv._pad_plan(ks, "auto", {}) == (True, None)  # 3 * 100 / 245 = 1.2
     assert _cv._pad_plan(np.array([2, 3, 4]), "auto", {})[0]  # 48 / 29 = 1.7
     assert not _cv._pad_plan(np.array([2, 3, 4, 16]), "auto", {})[0]  # 4 * 256 / 285 = 3.6
-
     ok, why = _cv._pad_plan(ks, "auto", {"target_H": {2: 0, 3: 0, 4: 0}})
     assert not ok and "target" in why
     ok, why = _cv._pad_plan(np.array([2, 40]), "auto", {"solver": "rcppml"})
