@@ -116,3 +116,24 @@ def test_umap_coordinates_equal_umap_learn_bitwise():
     ours = jnmf.pl.umap_coordinates(x, seed=5)
     ref = umap.UMAP(n_neighbors=15, min_dist=0.3, metric="cosine", random_state=5, n_jobs=1).fit_transform(x)
     np.testing.assert_array_equal(ours, ref)
+
+
+def test_umap_coordinates_of_a_list_on_threads_equal_umap_learn_bitwise():
+    # A list runs its layouts on threads with the epoch compiled nogil (jnmf/_umap_fast.py): each must still be
+    # umap-learn's own layout, and umap-learn's functions must be its own again afterwards.
+    pytest.importorskip("umap", reason="UMAP needs umap-learn (pip install 'jnmf[figures]')")
+    import umap
+    import umap.layouts
+
+    rng = np.random.default_rng(4)
+    xs = [rng.gamma(1.0, 1.0, (200, 5)) for _ in range(3)]
+    epoch, distances = umap.layouts._nb_optimize_layout_euclidean_single_epoch, umap.umap_.pairwise_distances
+    ours = jnmf.pl.umap_coordinates(xs, seed=2, n_jobs=2)
+    assert umap.layouts._nb_optimize_layout_euclidean_single_epoch is epoch
+    assert umap.umap_.pairwise_distances is distances
+    assert isinstance(ours, list) and len(ours) == 3
+    for x, xy in zip(xs, ours, strict=True):
+        ref = umap.UMAP(n_neighbors=15, min_dist=0.3, metric="cosine", random_state=2, n_jobs=1).fit_transform(x)
+        np.testing.assert_array_equal(xy, ref)
+    with pytest.raises(ValueError, match="n_jobs must be a positive int"):
+        jnmf.pl.umap_coordinates(xs, n_jobs=0)
