@@ -51,6 +51,8 @@ class Config:
     remove: bool = False
     loss: str = "mse"  # _losses.LOSSES; non-"mse" fits run _losses.loss_step
     dispersion: str = "fixed"  # negative binomial size r: "fixed" (Hyper.dispersion), "per_row" or "global"
+    # HALS sweeps in the numba kernel (``nnls_hals(host=True)``): CPU, unsharded, while driver.
+    hals_host: bool = False
 
 
 @jax.tree_util.register_dataclass
@@ -393,7 +395,9 @@ class FitOptions:
         config = Config(k=k, maxit=maxit, solver=solver, norm=self.norm, sort=bool(self.sort), nonneg=nonneg,
                         cd_maxit=cd_maxit, target_H=TH is not None, target_W=TW is not None, removal=self.removal,
                         loop=self.loop, masked=masked, remove=Y is not None, loss=spec.loss,
-                        dispersion=spec.dispersion_mode)
+                        dispersion=spec.dispersion_mode,
+                        hals_host=solver == "hals" and self.loop == "while" and devices is None
+                        and jax.default_backend() == "cpu")
         hyper = Hyper(
             tol=jnp.asarray(tol, dtype),
             L1=jnp.asarray(L1, dtype),

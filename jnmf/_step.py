@@ -60,12 +60,12 @@ def nnls(G: jax.Array, B: jax.Array, X_prev: jax.Array, warm: jax.Array, nonneg:
     if config.solver == "hals":
         # Warm: descend from the previous iterate (what the scatter removal's majorization needs). First
         # iteration: start from the solve-then-clip point, a far better start than 0 for a few sweeps.
-        def hals(G, B, X_prev):
+        def hals(G, B, X_prev, host=False):
             start = lax.cond(warm, lambda: X_prev, lambda: cholesky_clip(G, B, nonneg=nonneg))
-            return nnls_hals(G, B, start, nonneg=nonneg, differentiable=config.loop == "scan")
+            return nnls_hals(G, B, start, nonneg=nonneg, differentiable=config.loop == "scan", host=host)
 
         if G.ndim == 2:
-            return hals(G, B, X_prev)
+            return hals(G, B, X_prev, config.hals_host)
         return jax.vmap(lambda G_j, b, x: hals(G_j, b[:, None], x[:, None])[:, 0], in_axes=(0, 1, 1),
                         out_axes=1)(G, B, X_prev)
     X0 = jnp.where(warm, X_prev, jnp.zeros_like(X_prev))

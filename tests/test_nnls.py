@@ -290,3 +290,80 @@ def test_hals_masked_and_semi_nonnegative_fits_descend():
         hist = np.asarray(model.loss_history)
         assert np.all(np.isfinite(hist)) and np.all(np.diff(hist) <= 1e-12 * hist[:-1])
     assert np.any(np.asarray(semi.h) < 0)  # H unconstrained
+
+
+# The numba HALS kernel (nnls_hals(host=True), jnmf/_hals_kernel.py): the same sweeps and per-column stopping as
+# the XLA ones, so results agree to rounding; its 32-column blocks must not couple columns.
+def _host_cases():
+    rng = np.random.default_rng(11)
+    for k, n, cond in ((1, 5, None), (3, 40, None), (7, 33, 1e3), (13, 64, None), (50, 97, 1e4)):
+        a, y, G, B = _nnls_problem(k, n, cond, seed=k)
+        B = B * np.exp(rng.normal(size=(1, n)))  # columns at different scales: they stop at different sweeps
+        yield G, B, np.abs(rng.normal(size=B.shape)) * (rng.random(B.shape) < 0.6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("nonneg", [True, False])
+@pytest.mark.parametrize("sweeps", [1, 3, 10])
+def test_hals_host_kernel_equals_the_xla_sweeps(monkeypatch, dtype, nonneg, sweeps):
+    import jnmf._nnls as nn
+
+    monkeypatch.setattr(nn, "_HOST_MIN_WORK", 0)  # every size through the kernel
+    tol = dict(float32=2e-5, float64=1e-12)[dtype]
+    with enable_x64(dtype == "float64"):
+        for G, B, X0 in _host_cases():
+            G, B, X0 = (jnp.asarray(x, dtype) for x in (G, B, X0))
+            ref = _hals(G, B, X0, nonneg=nonneg, sweeps=sweeps)
+            run = jax.jit(lambda G, B, X0: nnls_hals(G, B, X0, nonneg=nonneg, sweeps=sweeps, host=True))
+            X = run(G, B, X0)
+            assert X.dtype == jnp.dtype(dtype)
+            scale = float(jnp.max(jnp.abs(ref))) + 1e-30
+            np.testing.assert_allclose(np.asarray(X), np.asarray(ref), rtol=0, atol=tol * scale)
+            if nonneg:
+                assert bool(jnp.all(X >= 0))
+            f0, f = (_objective(np.asarray(G, np.float64), np.asarray(B, np.float64), np.asarray(x, np.float64))
+                     for x in (X0, X))
+            assert np.all(f <= f0 + tol * np.abs(f0))  # each column descends from its start
+            # columns in other blocks, or alone, get the same result (the stopping rule is per column)
+            cols = [0, B.shape[1] - 1, B.shape[1] // 2]
+            part = run(G, B[:, cols], X0[:, cols])
+            np.testing.assert_allclose(np.asarray(part), np.asarray(X[:, cols]), rtol=0, atol=tol * scale)
+
+
+def test_hals_host_kernel_under_vmap_and_dead_rows(monkeypatch):
+    import jnmf._nnls as nn
+
+    monkeypatch.setattr(nn, "_HOST_MIN_WORK", 0)
+    a, y, G, B = _nnls_problem(12, 40, None, seed=2)
+    with enable_x64(True):
+        Gs = jnp.stack([jnp.asarray(G), 2 * jnp.asarray(G), jnp.asarray(G) + jnp.eye(12)])
+        Bs = jnp.stack([jnp.asarray(B), jnp.asarray(B), -jnp.asarray(B)])
+        vm = jax.vmap(lambda G, B: nnls_hals(G, B, sweeps=50, host=True))(Gs, Bs)
+        for i in range(3):
+            np.testing.assert_allclose(np.asarray(vm[i]), np.asarray(nnls_hals(Gs[i], Bs[i], sweeps=50)),
+                                       rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(vm[i]))))
+        G0 = jnp.diag(jnp.array([0.0, 2.0]))
+        X = nnls_hals(G0, jnp.array([[1.0], [4.0]]), jnp.array([[3.0], [0.0]]), sweeps=3, host=True)
+    np.testing.assert_allclose(np.asarray(X), [[3.0], [2.0]])  # the row with G_ii = 0 keeps its start
+
+
+def test_default_cpu_fit_takes_the_host_kernel_and_equals_the_xla_sweeps():
+    import dataclasses
+
+    rng = np.random.default_rng(5)
+    # sparse rank-40 factors, a well-determined fit: the two summation orders then agree to ~1e-12 after 40 iterations
+    W, H = (rng.random(s) * (rng.random(s) < 0.3) for s in ((700, 40), (40, 2000)))
+    A = W @ H
+    A += 0.01 * rng.random(A.shape)
+    with enable_x64(True):
+        problem = jnmf.prepare(A, 40, seed=1, tol=1e-6, maxit=40)
+        assert problem.config.solver == "hals" and problem.config.hals_host
+        assert 40 * 40 * 700 >= jnmf._nnls._HOST_MIN_WORK  # both halves take the kernel
+        xla = problem.replace(config=dataclasses.replace(problem.config, hals_host=False))
+        a, b = jnmf.solve(problem), jnmf.solve(xla)
+    assert int(a.iter) == int(b.iter)
+    for x, y in ((a.w, b.w), (a.d, b.d), (a.h, b.h)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-10, atol=1e-12)
+    hist = np.asarray(a.loss_history)[: int(a.iter)]
+    assert np.all(np.diff(hist) <= 1e-12 * hist[:-1])  # monotone, as the XLA sweeps
+    assert not jnmf.prepare(A, 40, seed=1, loop="scan").config.hals_host  # gradients keep the XLA sweeps
