@@ -21,17 +21,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--ks", default=None, help="ranks of the synthetic problem (default 10,20,50,100)")
+    parser.add_argument("--solvers", default="auto,cholesky,cd,bpp,hals", help="jnmf solvers to time")
+    parser.add_argument("--skip-hawaiibirds", action="store_true")
     args = parser.parse_args()
+    solvers = args.solvers.split(",")
 
     problems = []
     try:
-        A = jnmf.datasets.load_hawaiibirds(args.data_dir).A
-        problems.append(("hawaiibirds 183x1183", A, [8]))
+        if not args.skip_hawaiibirds:
+            problems.append(("hawaiibirds 183x1183", jnmf.datasets.load_hawaiibirds(args.data_dir).A, [8]))
     except FileNotFoundError as e:
         print(f"skipping hawaiibirds: {e}")
     rng = np.random.default_rng(0)
     S = sp.random(14_000, 2_600, density=0.15, random_state=rng, format="csc", dtype=np.float64)
-    problems.append(("synthetic 14000x2600 15% nnz", S, [10, 20, 50, 100]))
+    ks = [10, 20, 50, 100] if args.ks is None else [int(k) for k in args.ks.split(",")]
+    problems.append(("synthetic 14000x2600 15% nnz", S, ks))
 
     header = (f"{'problem':30s} {'k':>3s} {'path':>22s} {'jnmf ms/it':>11s} {'compile ms':>11s} "
               f"{'sklearn ms/it':>14s} {'ratio':>6s}")
@@ -43,7 +48,7 @@ def main() -> None:
             print(f"{name:30s} {k:3d} scikit-learn input: {sk_input}")
             for layout in ("dense", "sparse"):
                 seen = set()
-                for solver in ("auto", "cholesky", "cd", "bpp", "hals"):
+                for solver in solvers:
                     ms, compile_ms, used = time_jnmf(A, k, args.iters, args.repeats, layout=layout, solver=solver)
                     if used in seen:
                         continue

@@ -23,13 +23,43 @@ _KERNEL: list[Any] = []
 _COLS = 32
 
 
-def _compile() -> Any:
+def _compile() -> tuple[Any, Any]:
     import numba
 
     nb = _COLS
-
     # Reassociation and FMA contraction only (the four partial sums of G_i x): NaN and inf propagate as in XLA.
-    @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, boundscheck=False, nogil=True, cache=True)
+    jit = numba.njit(parallel=True, fastmath={"reassoc", "contract"}, boundscheck=False, nogil=True, cache=True)
+    inline = numba.njit(fastmath={"reassoc", "contract"}, boundscheck=False, inline="always")
+
+    @inline
+    def update_row(x, b, i, a0, a1, a2, a3, inv_i, active, moved, nonneg):  # pragma: no cover - compiled
+        for c in range(nb):
+            new = x[i, c] + (b[i, c] - ((a0[c] + a1[c]) + (a2[c] + a3[c]))) * inv_i[c]
+            if nonneg and not new > 0:  # also NaN -> 0, as jnp.where(new > 0, new, 0)
+                new = 0
+            if active[c]:
+                step = new - x[i, c]
+                moved[c] += step * step
+                x[i, c] = new
+
+    @inline
+    def still_active(x, w, s, sweeps, active, moved, d1, first2, res2):  # pragma: no cover - compiled
+        live = False
+        for c in range(w):
+            if active[c]:
+                if s == 0:
+                    d1[c] = moved[c]
+                xx = x.dtype.type(0)
+                for l in range(x.shape[0]):
+                    xx += x[l, c] * x[l, c]
+                small = moved[c] <= first2 * d1[c] or moved[c] <= res2 * xx
+                if (s > 0 and small) or moved[c] == 0 or s + 1 >= sweeps:
+                    active[c] = False
+                else:
+                    live = True
+        return live
+
+    @jit
     def hals_columns(G, B, X, inv, sweeps, first2, res2, nonneg):  # pragma: no cover - compiled
         k, n = X.shape
         for blk in numba.prange((n + nb - 1) // nb):
@@ -41,21 +71,14 @@ def _compile() -> Any:
             b[:, :w] = B[:, j0:j0 + w]
             active = np.zeros(nb, np.bool_)
             active[:w] = True
-            d1 = np.zeros(nb, X.dtype)
-            moved = np.zeros(nb, X.dtype)
-            a0 = np.zeros(nb, X.dtype)
-            a1 = np.zeros(nb, X.dtype)
-            a2 = np.zeros(nb, X.dtype)
-            a3 = np.zeros(nb, X.dtype)
+            d1, moved, inv_i = np.zeros(nb, X.dtype), np.zeros(nb, X.dtype), np.zeros(nb, X.dtype)
+            a0, a1, a2, a3 = (np.zeros(nb, X.dtype), np.zeros(nb, X.dtype), np.zeros(nb, X.dtype),
+                              np.zeros(nb, X.dtype))
             k4 = k - k % 4
             for s in range(sweeps):
                 moved[:] = 0
                 for i in range(k):
-                    for c in range(nb):
-                        a0[c] = 0
-                        a1[c] = 0
-                        a2[c] = 0
-                        a3[c] = 0
+                    a0[:], a1[:], a2[:], a3[:] = 0, 0, 0, 0
                     # Four independent sums: one chain would wait on each FMA's latency.
                     for l in range(0, k4, 4):
                         g0, g1, g2, g3 = G[i, l], G[i, l + 1], G[i, l + 2], G[i, l + 3]
@@ -68,47 +91,73 @@ def _compile() -> Any:
                         g0 = G[i, l]
                         for c in range(nb):
                             a0[c] += g0 * x[l, c]
-                    for c in range(nb):
-                        new = x[i, c] + (b[i, c] - ((a0[c] + a1[c]) + (a2[c] + a3[c]))) * inv[i]
-                        if nonneg and not new > 0:  # also NaN -> 0, as jnp.where(new > 0, new, 0)
-                            new = 0
-                        if active[c]:
-                            step = new - x[i, c]
-                            moved[c] += step * step
-                            x[i, c] = new
-                live = False
-                for c in range(w):
-                    if active[c]:
-                        if s == 0:
-                            d1[c] = moved[c]
-                        xx = X.dtype.type(0)
-                        for l in range(k):
-                            xx += x[l, c] * x[l, c]
-                        small = moved[c] <= first2 * d1[c] or moved[c] <= res2 * xx
-                        if (s > 0 and small) or moved[c] == 0 or s + 1 >= sweeps:
-                            active[c] = False
-                        else:
-                            live = True
-                if not live:
+                    inv_i[:] = inv[i]
+                    update_row(x, b, i, a0, a1, a2, a3, inv_i, active, moved, nonneg)
+                if not still_active(x, w, s, sweeps, active, moved, d1, first2, res2):
                     break
             X[:, j0:j0 + w] = x[:, :w]
 
-    return hals_columns
+    @jit
+    def hals_columns_own(G, B, X, inv, sweeps, first2, res2, nonneg):  # pragma: no cover - compiled
+        # G (n, k, k), inv (n, k): each column its own Gram matrix (masked data), copied per block as
+        # (k, k, 32) so that the sums over a row run along the block's columns, as above.
+        k, n = X.shape
+        for blk in numba.prange((n + nb - 1) // nb):
+            j0 = blk * nb
+            w = min(n, j0 + nb) - j0
+            x = np.zeros((k, nb), X.dtype)
+            b = np.zeros((k, nb), X.dtype)
+            g = np.zeros((k, k, nb), X.dtype)
+            iv = np.zeros((k, nb), X.dtype)
+            x[:, :w] = X[:, j0:j0 + w]
+            b[:, :w] = B[:, j0:j0 + w]
+            for c in range(w):
+                g[:, :, c] = G[j0 + c]
+                iv[:, c] = inv[j0 + c]
+            active = np.zeros(nb, np.bool_)
+            active[:w] = True
+            d1, moved = np.zeros(nb, X.dtype), np.zeros(nb, X.dtype)
+            a0, a1, a2, a3 = (np.zeros(nb, X.dtype), np.zeros(nb, X.dtype), np.zeros(nb, X.dtype),
+                              np.zeros(nb, X.dtype))
+            k4 = k - k % 4
+            for s in range(sweeps):
+                moved[:] = 0
+                for i in range(k):
+                    a0[:], a1[:], a2[:], a3[:] = 0, 0, 0, 0
+                    for l in range(0, k4, 4):
+                        for c in range(nb):
+                            a0[c] += g[i, l, c] * x[l, c]
+                            a1[c] += g[i, l + 1, c] * x[l + 1, c]
+                            a2[c] += g[i, l + 2, c] * x[l + 2, c]
+                            a3[c] += g[i, l + 3, c] * x[l + 3, c]
+                    for l in range(k4, k):
+                        for c in range(nb):
+                            a0[c] += g[i, l, c] * x[l, c]
+                    update_row(x, b, i, a0, a1, a2, a3, iv[i], active, moved, nonneg)
+                if not still_active(x, w, s, sweeps, active, moved, d1, first2, res2):
+                    break
+            X[:, j0:j0 + w] = x[:, :w]
+
+    return hals_columns, hals_columns_own
 
 
-def hals_columns(G: np.ndarray, B: np.ndarray, X0: np.ndarray, inv: np.ndarray, sweeps: int, first2: float,
-                 res2: float, nonneg: bool) -> np.ndarray:
-    """HALS from X0 (k, n) on ``min_X sum_j 1/2 x_j'G x_j - b_j'x_j``, G (k, k), B (k, n), ``inv`` = 1/diag(G)
-    (0 where diag(G) <= 0): sweeps of ``x_i = max(0, x_i + (b_i - G_i x) inv_i)`` until each column moves by
-    ``|dx|^2 <= first2 |dx_1|^2`` or ``<= res2 |x|^2``, or ``sweeps``. Returns a new X (k, n), X0's dtype."""
+def hals_columns(G: np.ndarray, B: np.ndarray, X0: np.ndarray, sweeps: int, first2: float, res2: float,
+                 nonneg: bool) -> np.ndarray:
+    """HALS from X0 (k, n) on ``min_X sum_j 1/2 x_j'G_j x_j - b_j'x_j``, G (k, k) shared or (n, k, k) one per
+    column, B (k, n): sweeps of ``x_i = max(0, x_i + (b_i - G_i x) / G_ii)`` (rows with ``G_ii <= 0`` kept) until
+    each column moves by ``|dx|^2 <= first2 |dx_1|^2`` or ``<= res2 |x|^2``, or ``sweeps``. Returns a new X (k, n)
+    in X0's dtype."""
     if not _KERNEL:
         with _LOCK:
             if not _KERNEL:
-                _KERNEL.append(_compile())
+                _KERNEL.extend(_compile())
     dt = X0.dtype
+    G = np.ascontiguousarray(G, dt)
+    diag = np.diagonal(G, axis1=-2, axis2=-1)
+    inv = np.where(diag > 0, 1 / np.where(diag > 0, diag, 1), 0).astype(dt)
     X = np.array(X0, dtype=dt, order="C", copy=True)
-    args = (np.ascontiguousarray(G, dt), np.ascontiguousarray(B, dt), X, np.ascontiguousarray(inv, dt),
-            int(sweeps), dt.type(first2), dt.type(res2), bool(nonneg))
+    args = (G, np.ascontiguousarray(B, dt), X, np.ascontiguousarray(inv), int(sweeps), dt.type(first2),
+            dt.type(res2), bool(nonneg))
     with _LOCK:
-        _KERNEL[0](*args)
+        _KERNEL[G.ndim - 2](*args)
     return X

@@ -171,23 +171,27 @@ _HALS_BLOCK_SMALL, _HALS_SMALL_K = 2, 16
 # k^2 n below which host=True keeps the XLA sweeps: the callback costs ~0.3 ms, and up to k = 16 the XLA sweeps
 # (2-row blocks) are as fast (k = 16, n = 2,700: 1.48 against 1.41 ms; k = 10, n = 2,700: 0.61 against 1.21).
 _HOST_MIN_WORK = 1_000_000
+# The same for one Gram matrix per column (masked data), whose XLA sweeps, vmapped per column, are slower: k = 10,
+# n = 1,183: 1.09 against 1.08 ms; k = 20, n = 1,183: 9.2 against 2.2 ms; k = 10, n = 14,000: 27.8 against 7.3 ms.
+_HOST_MIN_WORK_COLUMNS = 250_000
 
 
-def _hals_host(G, B, X, inv, first2, res2, sweeps: int, nonneg: bool) -> jax.Array:
-    """``nnls_hals``'s sweeps in ``_hals_kernel`` through ``jax.pure_callback`` (vmap: one call per member)."""
+def _hals_host(G, B, X, first2, res2, sweeps: int, nonneg: bool) -> jax.Array:
+    """``nnls_hals``'s sweeps in ``_hals_kernel`` through ``jax.pure_callback`` (vmap: one call per member); G
+    (k, k), or (p, k, k) one per column."""
     # Values cross as uint32 words, as in _data/host_csr.py: the callback thread does not see a thread-local
     # jax.enable_x64, so float64 operands and results would otherwise be rounded to float32.
     dtype = X.dtype
     words = functools.partial(lax.bitcast_convert_type, new_dtype=jnp.uint32)
     scalars = jnp.stack([first2, res2]).astype(dtype)
     out = jax.ShapeDtypeStruct(words(X).shape, jnp.uint32)
-    fn = functools.partial(_hals_host_call, dtype=jnp.dtype(dtype).name, sweeps=int(sweeps), nonneg=bool(nonneg))
-    res = jax.pure_callback(fn, out, words(G), words(B), words(X), words(inv), words(scalars),
-                            vmap_method="broadcast_all")
+    fn = functools.partial(_hals_host_call, dtype=jnp.dtype(dtype).name, sweeps=int(sweeps), nonneg=bool(nonneg),
+                           g_ndim=G.ndim)
+    res = jax.pure_callback(fn, out, words(G), words(B), words(X), words(scalars), vmap_method="broadcast_all")
     return lax.bitcast_convert_type(res, dtype)
 
 
-def _hals_host_call(G, B, X, inv, scalars, *, dtype: str, sweeps: int, nonneg: bool):
+def _hals_host_call(G, B, X, scalars, *, dtype: str, sweeps: int, nonneg: bool, g_ndim: int):
     import numpy as np
 
     from ._hals_kernel import hals_columns
@@ -198,13 +202,12 @@ def _hals_host_call(G, B, X, inv, scalars, *, dtype: str, sweeps: int, nonneg: b
         v = np.ascontiguousarray(np.asarray(w)).view(dt)
         return v[..., 0] if dt.itemsize == 8 else v  # (..., 2) words of a float64 -> (...)
 
-    G, B, X, inv, scalars = map(value, (G, B, X, inv, scalars))
+    G, B, X, scalars = map(value, (G, B, X, scalars))
     lead = X.shape[:-2]
-    flat = [a.reshape((-1,) + a.shape[len(lead):]) for a in (G, B, X, inv, scalars)]
-    out = np.stack([hals_columns(g, b, x, v, sweeps, sc[0], sc[1], nonneg)
-                    for g, b, x, v, sc in zip(*flat, strict=True)])
-    out = out.reshape(X.shape)
-    return out.view(np.uint32).reshape(X.shape + ((2,) if dt.itemsize == 8 else ()))
+    flat = [a.reshape((-1,) + a.shape[len(lead):]) for a in (G, B, X, scalars)]
+    outs = [hals_columns(g, b, x, sweeps, sc[0], sc[1], nonneg) for g, b, x, sc in zip(*flat, strict=True)]
+    out = outs[0] if len(outs) == 1 else np.stack(outs)  # unbatched: no second copy of X
+    return out.reshape(X.shape).view(np.uint32).reshape(X.shape + ((2,) if dt.itemsize == 8 else ()))
 
 
 def nnls_hals(
@@ -220,7 +223,8 @@ def nnls_hals(
 ) -> jax.Array:
     """Warm-started coordinate descent (HALS) on ``min_X sum_j 1/2 x_j'G x_j - b_j'x_j`` (X >= 0 if ``nonneg``).
 
-    G (k, k), B (k, n), X0 (k, n) (None: ``cholesky_clip(G, B)``). One sweep updates each row of X in turn to its
+    G (k, k), or (n, k, k) one per column (masked data: each column solved alone), B (k, n), X0 (k, n) (None:
+    ``cholesky_clip(G, B)``). One sweep updates each row of X in turn to its
     exact minimiser given the others, ``X_i = max(0, X_i + (B_i - G_i X) / G_ii)`` (rows with ``G_ii <= 0`` are
     kept), so the objective never increases from X0. Sweeps stop after ``sweeps``, or once a sweep moves X by
     ``|dX|_F <= first |dX_1|_F`` (Gillis & Glineur's accelerated HALS: further sweeps then gain little for their
@@ -238,6 +242,15 @@ def nnls_hals(
     dtype = B.dtype if jnp.issubdtype(B.dtype, jnp.floating) else jnp.result_type(float)
     B = B.astype(dtype)
     G = jnp.asarray(G, dtype)
+    if G.ndim == 3:  # one Gram matrix per column (masked data): G (n, k, k)
+        X = cholesky_clip_columns(G, B, nonneg=nonneg) if X0 is None else jnp.asarray(X0, dtype)
+        k = G.shape[-1]
+        if host and not differentiable and k * k * B.shape[1] >= _HOST_MIN_WORK_COLUMNS:
+            res2 = jnp.asarray(10 * jnp.finfo(dtype).eps, dtype) ** 2
+            return _hals_host(G, B, X, jnp.asarray(first, dtype) ** 2, res2, sweeps, nonneg)
+        one = functools.partial(nnls_hals, nonneg=nonneg, sweeps=sweeps, first=first, differentiable=differentiable)
+        return jax.vmap(lambda G_j, b, x: one(G_j, b[:, None], x[:, None])[:, 0], in_axes=(0, 1, 1),
+                        out_axes=1)(G, B, X)
     k = G.shape[0]
     X = cholesky_clip(G, B, nonneg=nonneg) if X0 is None else jnp.asarray(X0, dtype)
     diag = jnp.diagonal(G)
@@ -246,7 +259,7 @@ def nnls_hals(
     first2 = jnp.asarray(first, dtype) ** 2
     res2 = jnp.asarray(10 * jnp.finfo(dtype).eps, dtype) ** 2
     if host and not differentiable and B.ndim == 2 and k * k * B.shape[1] >= _HOST_MIN_WORK:
-        return _hals_host(G, B, X, inv, first2, res2, sweeps, nonneg)
+        return _hals_host(G, B, X, first2, res2, sweeps, nonneg)
 
     # Rows in blocks of b: one GEMM G[I] X per block with X as the sweep has left it, then the block's
     # rows in turn, each corrected by the steps of the rows before it in the block (the same Gauss-Seidel sweep).

@@ -187,7 +187,7 @@ def nmf(A: Any, k: int, **options: Any) -> NMFModel:
 
     Args:
         A: (m, n) non-negative data: numpy, jax or scipy.sparse. ``layout="auto"`` keeps dense input dense and
-            densifies sparse input only when it has >= 14% non-zeros on CPU (6% on accelerators) or at most 4M
+            densifies sparse input only when it has >= 20% non-zeros on CPU (6% on accelerators) or at most 4M
             entries, each only when its working set fits the memory budget (``max_memory_bytes``, default half
             of physical memory; ``estimate_memory``), else the other layout; ``MemoryError`` when neither fits.
             The sparse path runs in O(nnz k) memory and time per product, never forming the dense matrix: on CPU

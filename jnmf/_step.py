@@ -66,6 +66,9 @@ def nnls(G: jax.Array, B: jax.Array, X_prev: jax.Array, warm: jax.Array, nonneg:
 
         if G.ndim == 2:
             return hals(G, B, X_prev, config.hals_host)
+        if config.hals_host:
+            start = lax.cond(warm, lambda: X_prev, lambda: cholesky_clip_columns(G, B, nonneg=nonneg))
+            return nnls_hals(G, B, start, nonneg=nonneg, host=True)
         return jax.vmap(lambda G_j, b, x: hals(G_j, b[:, None], x[:, None])[:, 0], in_axes=(0, 1, 1),
                         out_axes=1)(G, B, X_prev)
     X0 = jnp.where(warm, X_prev, jnp.zeros_like(X_prev))

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -367,3 +369,52 @@ def test_default_cpu_fit_takes_the_host_kernel_and_equals_the_xla_sweeps():
     hist = np.asarray(a.loss_history)[: int(a.iter)]
     assert np.all(np.diff(hist) <= 1e-12 * hist[:-1])  # monotone, as the XLA sweeps
     assert not jnmf.prepare(A, 40, seed=1, loop="scan").config.hals_host  # gradients keep the XLA sweeps
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_hals_host_kernel_with_one_gram_per_column_equals_the_xla_sweeps(monkeypatch, dtype):
+    # Masked data: G (n, k, k), each column solved alone; the kernel copies each block's G_j as (k, k, 32).
+    import jnmf._nnls as nn
+
+    monkeypatch.setattr(nn, "_HOST_MIN_WORK_COLUMNS", 0)
+    rng = np.random.default_rng(3)
+    tol = dict(float32=2e-5, float64=1e-12)[dtype]
+    with enable_x64(dtype == "float64"):
+        for k, n in ((1, 4), (6, 45), (11, 70)):
+            F = rng.random((n, 3 * k, k)) * (rng.random((n, 3 * k, 1)) < 0.8)  # rows dropped per column, as a mask
+            G = np.einsum("jqa,jqb->jab", F, F)
+            G[0, 0, :] = G[0, :, 0] = 0.0  # a dead row in one column: kept at its start there only
+            B = np.einsum("jqa,qj->aj", F, rng.random((3 * k, n))) * np.exp(rng.normal(size=(1, n)))
+            X0 = np.abs(rng.normal(size=(k, n)))
+            G, B, X0 = (jnp.asarray(x, dtype) for x in (G, B, X0))
+            for nonneg in (True, False):
+                ref = nnls_hals(G, B, X0, nonneg=nonneg)
+                X = jax.jit(functools.partial(nnls_hals, nonneg=nonneg, host=True))(G, B, X0)
+                scale = float(jnp.max(jnp.abs(ref)))
+                np.testing.assert_allclose(np.asarray(X), np.asarray(ref), rtol=0, atol=tol * scale)
+                assert float(X[0, 0]) == float(X0[0, 0])
+                for j in range(n):  # each column descends from its start on its own G_j
+                    Gj, bj = np.asarray(G[j], np.float64), np.asarray(B[:, j], np.float64)
+                    x0, x1 = np.asarray(X0[:, j], np.float64), np.asarray(X[:, j], np.float64)
+                    f0, f1 = 0.5 * x0 @ Gj @ x0 - bj @ x0, 0.5 * x1 @ Gj @ x1 - bj @ x1
+                    assert f1 <= f0 + tol * abs(f0)
+
+
+def test_masked_cpu_fit_takes_the_host_kernel_and_equals_the_xla_sweeps():
+    import dataclasses
+
+    rng = np.random.default_rng(8)
+    W, H = (rng.random(s) * (rng.random(s) < 0.4) for s in ((300, 30), (30, 400)))
+    A = W @ H + 0.01 * rng.random((300, 400))
+    mask = rng.random(A.shape) < 0.1
+    with enable_x64(True):
+        problem = jnmf.prepare(A, 30, seed=2, tol=1e-6, maxit=30, mask=mask)
+        assert problem.config.masked and problem.config.hals_host
+        assert 30 * 30 * 300 >= jnmf._nnls._HOST_MIN_WORK_COLUMNS  # both halves take the kernel
+        xla = problem.replace(config=dataclasses.replace(problem.config, hals_host=False))
+        a, b = jnmf.solve(problem), jnmf.solve(xla)
+    assert int(a.iter) == int(b.iter)
+    for x, y in ((a.w, b.w), (a.d, b.d), (a.h, b.h)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-10, atol=1e-12)
+    hist = np.asarray(a.loss_history)[: int(a.iter)]
+    assert np.all(np.diff(hist) <= 1e-12 * hist[:-1])

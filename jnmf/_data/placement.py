@@ -96,11 +96,13 @@ def gib(n: int) -> str:
 # Density from which sparse input is densified (when the dense working set fits the memory budget, ``_memory``):
 # the crossover of each sparse kernel with the dense GEMM, whole iterations at k = 20 on a 2-core CPU (ms
 # sparse/dense).
-# * host CSR kernel (CPU): 14,000 x 2,600 at 5% 7.4/15.6, 10% 12.3/15.8, 15% 16.9/15.2, 20% 21.7/15.4;
-#   4,000 x 20,000 at 5% 12.9/31.8, 10% 23.0/32.3, 15% 33.0/32.1, 20% 42.2/34.2: 14%.
+# * host CSR kernel (CPU), HALS with its numba sweeps (2026-12-04): 14,000 x 2,600 at 15% 22.9/29.6, 20% 29.1/28.5,
+#   25% 34.0/29.1, 40% 51.2/31.3; 4,000 x 20,000 at 15% 49.5/78.9, 20% 61.5/80.4; at k = 10 and 50 on 14,000 x
+#   2,600 the same crossover (15% 0.86 and 0.90 of dense, 25% 1.21 and 1.24): 20%. (An earlier release, whose
+#   fits took RcppML's rule at k = 20, measured 14%: 15% 16.9/15.2 on 14,000 x 2,600.)
 # * EllBlocks gathers: 4,000 x 20,000 at 3% 17/31, 5% 26/32, 8% 38/31; 14,000 x 2,600 at 3% 9/14, 5% 12/15,
 #   8% 19/15, 15% 34/15: 6% (measured on CPU; on accelerators, where this kernel runs, not yet measured).
-_DENSE_DENSITY = {"host": 0.14, "ell": 0.06}
+_DENSE_DENSITY = {"host": 0.20, "ell": 0.06}
 # Below this many entries (16 MB in float32) a sparse A is densified whatever its density: the two callbacks of
 # the host kernel cost ~0.3 ms an iteration, more than the GEMMs (5% non-zeros, k = 20, ms sparse/dense:
 # 300 x 1,000 0.36/0.18, 1,000 x 3,000 1.29/0.93, 2,000 x 5,000 2.29/3.99).
@@ -123,7 +125,7 @@ def layout_for(m: int, n: int, nnz: Any, sparse_input: bool, layout: str, itemsi
     """The layout of an (m, n) matrix with ``nnz`` non-zeros (an int, or a function counting them when needed).
 
     ``"auto"`` prefers dense for dense input and for sparse input with at least ``_DENSE_DENSITY`` non-zeros for
-    the sparse kernel (14% on CPU, 6% elsewhere) or at most ``_DENSE_ENTRIES`` (4M) entries, sparse otherwise; when
+    the sparse kernel (20% on CPU, 6% elsewhere) or at most ``_DENSE_ENTRIES`` (4M) entries, sparse otherwise; when
     the preferred layout's working set (``estimate_memory`` at rank k) exceeds ``max_memory_bytes`` (default:
     ``memory_budget()``) it takes the other one. Raises ``MemoryError`` naming both sizes when nothing fits, or
     when an explicit ``"dense"``/``"sparse"`` does not fit.
