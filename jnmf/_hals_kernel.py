@@ -23,24 +23,13 @@ _KERNEL: list[Any] = []
 _COLS = 32
 
 
-def _compile() -> tuple[Any, Any]:
+def _compile() -> Any:
     import numba
 
     nb = _COLS
     # Reassociation and FMA contraction only (the four partial sums of G_i x): NaN and inf propagate as in XLA.
     jit = numba.njit(parallel=True, fastmath={"reassoc", "contract"}, boundscheck=False, nogil=True, cache=True)
     inline = numba.njit(fastmath={"reassoc", "contract"}, boundscheck=False, inline="always")
-
-    @inline
-    def update_row(x, b, i, a0, a1, a2, a3, inv_i, active, moved, nonneg):  # pragma: no cover - compiled
-        for c in range(nb):
-            new = x[i, c] + (b[i, c] - ((a0[c] + a1[c]) + (a2[c] + a3[c]))) * inv_i[c]
-            if nonneg and not new > 0:  # also NaN -> 0, as jnp.where(new > 0, new, 0)
-                new = 0
-            if active[c]:
-                step = new - x[i, c]
-                moved[c] += step * step
-                x[i, c] = new
 
     @inline
     def still_active(x, w, s, sweeps, active, moved, d1, first2, res2):  # pragma: no cover - compiled
@@ -61,59 +50,27 @@ def _compile() -> tuple[Any, Any]:
 
     @jit
     def hals_columns(G, B, X, inv, sweeps, first2, res2, nonneg):  # pragma: no cover - compiled
+        # G (k, k) and inv (k,) shared, or (n, k, k) and (n, k) one per column (masked data), whose block is copied
+        # as (k, k, 32) so that the sums over a row run along the block's columns too. ``G.ndim`` is a compile-time
+        # constant to numba, so each form compiles only its own branch.
         k, n = X.shape
         for blk in numba.prange((n + nb - 1) // nb):
             j0 = blk * nb
             w = min(n, j0 + nb) - j0
             x = np.zeros((k, nb), X.dtype)
             b = np.zeros((k, nb), X.dtype)
-            x[:, :w] = X[:, j0:j0 + w]
-            b[:, :w] = B[:, j0:j0 + w]
-            active = np.zeros(nb, np.bool_)
-            active[:w] = True
-            d1, moved, inv_i = np.zeros(nb, X.dtype), np.zeros(nb, X.dtype), np.zeros(nb, X.dtype)
-            a0, a1, a2, a3 = (np.zeros(nb, X.dtype), np.zeros(nb, X.dtype), np.zeros(nb, X.dtype),
-                              np.zeros(nb, X.dtype))
-            k4 = k - k % 4
-            for s in range(sweeps):
-                moved[:] = 0
-                for i in range(k):
-                    a0[:], a1[:], a2[:], a3[:] = 0, 0, 0, 0
-                    # Four independent sums: one chain would wait on each FMA's latency.
-                    for l in range(0, k4, 4):
-                        g0, g1, g2, g3 = G[i, l], G[i, l + 1], G[i, l + 2], G[i, l + 3]
-                        for c in range(nb):
-                            a0[c] += g0 * x[l, c]
-                            a1[c] += g1 * x[l + 1, c]
-                            a2[c] += g2 * x[l + 2, c]
-                            a3[c] += g3 * x[l + 3, c]
-                    for l in range(k4, k):
-                        g0 = G[i, l]
-                        for c in range(nb):
-                            a0[c] += g0 * x[l, c]
-                    inv_i[:] = inv[i]
-                    update_row(x, b, i, a0, a1, a2, a3, inv_i, active, moved, nonneg)
-                if not still_active(x, w, s, sweeps, active, moved, d1, first2, res2):
-                    break
-            X[:, j0:j0 + w] = x[:, :w]
-
-    @jit
-    def hals_columns_own(G, B, X, inv, sweeps, first2, res2, nonneg):  # pragma: no cover - compiled
-        # G (n, k, k), inv (n, k): each column its own Gram matrix (masked data), copied per block as
-        # (k, k, 32) so that the sums over a row run along the block's columns, as above.
-        k, n = X.shape
-        for blk in numba.prange((n + nb - 1) // nb):
-            j0 = blk * nb
-            w = min(n, j0 + nb) - j0
-            x = np.zeros((k, nb), X.dtype)
-            b = np.zeros((k, nb), X.dtype)
-            g = np.zeros((k, k, nb), X.dtype)
             iv = np.zeros((k, nb), X.dtype)
             x[:, :w] = X[:, j0:j0 + w]
             b[:, :w] = B[:, j0:j0 + w]
-            for c in range(w):
-                g[:, :, c] = G[j0 + c]
-                iv[:, c] = inv[j0 + c]
+            if G.ndim == 3:
+                g = np.zeros((k, k, nb), X.dtype)
+                for c in range(w):
+                    g[:, :, c] = G[j0 + c]
+                    iv[:, c] = inv[j0 + c]
+            else:
+                g = np.zeros((1, 1, 1), X.dtype)
+                for i in range(k):
+                    iv[i, :] = inv[i]
             active = np.zeros(nb, np.bool_)
             active[:w] = True
             d1, moved = np.zeros(nb, X.dtype), np.zeros(nb, X.dtype)
@@ -124,21 +81,42 @@ def _compile() -> tuple[Any, Any]:
                 moved[:] = 0
                 for i in range(k):
                     a0[:], a1[:], a2[:], a3[:] = 0, 0, 0, 0
-                    for l in range(0, k4, 4):
-                        for c in range(nb):
-                            a0[c] += g[i, l, c] * x[l, c]
-                            a1[c] += g[i, l + 1, c] * x[l + 1, c]
-                            a2[c] += g[i, l + 2, c] * x[l + 2, c]
-                            a3[c] += g[i, l + 3, c] * x[l + 3, c]
-                    for l in range(k4, k):
-                        for c in range(nb):
-                            a0[c] += g[i, l, c] * x[l, c]
-                    update_row(x, b, i, a0, a1, a2, a3, iv[i], active, moved, nonneg)
+                    # Four independent sums: one chain would wait on each FMA's latency.
+                    if G.ndim == 3:
+                        for l in range(0, k4, 4):
+                            for c in range(nb):
+                                a0[c] += g[i, l, c] * x[l, c]
+                                a1[c] += g[i, l + 1, c] * x[l + 1, c]
+                                a2[c] += g[i, l + 2, c] * x[l + 2, c]
+                                a3[c] += g[i, l + 3, c] * x[l + 3, c]
+                        for l in range(k4, k):
+                            for c in range(nb):
+                                a0[c] += g[i, l, c] * x[l, c]
+                    else:
+                        for l in range(0, k4, 4):
+                            g0, g1, g2, g3 = G[i, l], G[i, l + 1], G[i, l + 2], G[i, l + 3]
+                            for c in range(nb):
+                                a0[c] += g0 * x[l, c]
+                                a1[c] += g1 * x[l + 1, c]
+                                a2[c] += g2 * x[l + 2, c]
+                                a3[c] += g3 * x[l + 3, c]
+                        for l in range(k4, k):
+                            g0 = G[i, l]
+                            for c in range(nb):
+                                a0[c] += g0 * x[l, c]
+                    for c in range(nb):
+                        new = x[i, c] + (b[i, c] - ((a0[c] + a1[c]) + (a2[c] + a3[c]))) * iv[i, c]
+                        if nonneg and not new > 0:  # also NaN -> 0, as jnp.where(new > 0, new, 0)
+                            new = 0
+                        if active[c]:
+                            step = new - x[i, c]
+                            moved[c] += step * step
+                            x[i, c] = new
                 if not still_active(x, w, s, sweeps, active, moved, d1, first2, res2):
                     break
             X[:, j0:j0 + w] = x[:, :w]
 
-    return hals_columns, hals_columns_own
+    return hals_columns
 
 
 def hals_columns(G: np.ndarray, B: np.ndarray, X0: np.ndarray, sweeps: int, first2: float, res2: float,
@@ -150,7 +128,7 @@ def hals_columns(G: np.ndarray, B: np.ndarray, X0: np.ndarray, sweeps: int, firs
     if not _KERNEL:
         with _LOCK:
             if not _KERNEL:
-                _KERNEL.extend(_compile())
+                _KERNEL.append(_compile())
     dt = X0.dtype
     G = np.ascontiguousarray(G, dt)
     diag = np.diagonal(G, axis1=-2, axis2=-1)
@@ -159,5 +137,5 @@ def hals_columns(G: np.ndarray, B: np.ndarray, X0: np.ndarray, sweeps: int, firs
     args = (G, np.ascontiguousarray(B, dt), X, np.ascontiguousarray(inv), int(sweeps), dt.type(first2),
             dt.type(res2), bool(nonneg))
     with _LOCK:
-        _KERNEL[G.ndim - 2](*args)
+        _KERNEL[0](*args)
     return X

@@ -349,18 +349,21 @@ def test_hals_host_kernel_under_vmap_and_dead_rows(monkeypatch):
     np.testing.assert_allclose(np.asarray(X), [[3.0], [2.0]])  # the row with G_ii = 0 keeps its start
 
 
-def test_default_cpu_fit_takes_the_host_kernel_and_equals_the_xla_sweeps():
+@pytest.mark.parametrize("masked", [False, True])
+def test_default_cpu_fit_takes_the_host_kernel_and_equals_the_xla_sweeps(masked):
     import dataclasses
 
     rng = np.random.default_rng(5)
-    # sparse rank-40 factors, a well-determined fit: the two summation orders then agree to ~1e-12 after 40 iterations
-    W, H = (rng.random(s) * (rng.random(s) < 0.3) for s in ((700, 40), (40, 2000)))
-    A = W @ H
-    A += 0.01 * rng.random(A.shape)
+    # sparse rank-k factors, a well-determined fit: the two summation orders then agree to ~1e-12 after 40 iterations
+    m, n, k = (300, 400, 30) if masked else (700, 2000, 40)
+    W, H = (rng.random(s) * (rng.random(s) < 0.3) for s in ((m, k), (k, n)))
+    A = W @ H + 0.01 * rng.random((m, n))
+    mask = rng.random(A.shape) < 0.1 if masked else None
     with enable_x64(True):
-        problem = jnmf.prepare(A, 40, seed=1, tol=1e-6, maxit=40)
-        assert problem.config.solver == "hals" and problem.config.hals_host
-        assert 40 * 40 * 700 >= jnmf._nnls._HOST_MIN_WORK  # both halves take the kernel
+        problem = jnmf.prepare(A, k, seed=1, tol=1e-6, maxit=40, mask=mask)
+        assert problem.config.solver == "hals" and problem.config.hals_host and problem.config.masked == masked
+        # both halves take the kernel
+        assert k * k * m >= (jnmf._nnls._HOST_MIN_WORK_COLUMNS if masked else jnmf._nnls._HOST_MIN_WORK)
         xla = problem.replace(config=dataclasses.replace(problem.config, hals_host=False))
         a, b = jnmf.solve(problem), jnmf.solve(xla)
     assert int(a.iter) == int(b.iter)
@@ -368,7 +371,7 @@ def test_default_cpu_fit_takes_the_host_kernel_and_equals_the_xla_sweeps():
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-10, atol=1e-12)
     hist = np.asarray(a.loss_history)[: int(a.iter)]
     assert np.all(np.diff(hist) <= 1e-12 * hist[:-1])  # monotone, as the XLA sweeps
-    assert not jnmf.prepare(A, 40, seed=1, loop="scan").config.hals_host  # gradients keep the XLA sweeps
+    assert not jnmf.prepare(A, k, seed=1, loop="scan").config.hals_host  # gradients keep the XLA sweeps
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -398,23 +401,3 @@ def test_hals_host_kernel_with_one_gram_per_column_equals_the_xla_sweeps(monkeyp
                     x0, x1 = np.asarray(X0[:, j], np.float64), np.asarray(X[:, j], np.float64)
                     f0, f1 = 0.5 * x0 @ Gj @ x0 - bj @ x0, 0.5 * x1 @ Gj @ x1 - bj @ x1
                     assert f1 <= f0 + tol * abs(f0)
-
-
-def test_masked_cpu_fit_takes_the_host_kernel_and_equals_the_xla_sweeps():
-    import dataclasses
-
-    rng = np.random.default_rng(8)
-    W, H = (rng.random(s) * (rng.random(s) < 0.4) for s in ((300, 30), (30, 400)))
-    A = W @ H + 0.01 * rng.random((300, 400))
-    mask = rng.random(A.shape) < 0.1
-    with enable_x64(True):
-        problem = jnmf.prepare(A, 30, seed=2, tol=1e-6, maxit=30, mask=mask)
-        assert problem.config.masked and problem.config.hals_host
-        assert 30 * 30 * 300 >= jnmf._nnls._HOST_MIN_WORK_COLUMNS  # both halves take the kernel
-        xla = problem.replace(config=dataclasses.replace(problem.config, hals_host=False))
-        a, b = jnmf.solve(problem), jnmf.solve(xla)
-    assert int(a.iter) == int(b.iter)
-    for x, y in ((a.w, b.w), (a.d, b.d), (a.h, b.h)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-10, atol=1e-12)
-    hist = np.asarray(a.loss_history)[: int(a.iter)]
-    assert np.all(np.diff(hist) <= 1e-12 * hist[:-1])
